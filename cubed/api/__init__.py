@@ -1,0 +1,1 @@
+"""The HTTP API: Klein routes on a class, auth, error mapping, health."""

@@ -1,0 +1,340 @@
+"""Settings from the environment, a ``.env`` file in the project directory and twistd options.
+
+Cube's variable names are used so that a Cube project moves over unchanged. Precedence:
+twistd options > process environment > ``.env`` > defaults. A bad value raises
+``ConfigError`` with one line naming the setting; start-up stops on it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import zoneinfo
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Mapping
+
+from cubed.errors import ConfigError
+
+DB_TYPES = ("duckdb", "postgres")
+CACHE_AND_QUEUE_DRIVERS = ("memory", "redis")
+LOG_FORMATS = ("text", "json")
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "")
+_DURATION = re.compile(r"^(\d+)([smh]?)$")
+
+
+@dataclass(frozen=True)
+class DataSourceSettings:
+    """Connection settings of one data source (``default`` or one of ``CUBEJS_DATASOURCES``)."""
+
+    name: str = "default"
+    db_type: str = "duckdb"
+    host: str | None = None
+    port: int | None = None
+    database: str | None = None
+    user: str | None = None
+    password: str | None = None
+    url: str | None = None
+    ssl: bool = False
+    max_pool: int | None = None
+    duckdb_path: Path | None = None
+    query_timeout: float = 600.0
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting cubed reads, resolved and validated."""
+
+    project_dir: Path = Path(".")
+    listen: str = "tcp:4000:interface=127.0.0.1"
+    port: int = 4000
+    base_path: str = "/cubejs-api"
+    dev_mode: bool = False
+    api_secret: str | None = None
+    schema_path: Path = Path("model")
+    data_sources: tuple[DataSourceSettings, ...] = (DataSourceSettings(),)
+    db_query_limit: int = 50000
+    db_query_default_limit: int = 10000
+    default_timezone: str = "UTC"
+    continue_wait_timeout: float = 5.0
+    cache_and_queue_driver: str = "memory"
+    redis_url: str | None = None
+    refresh_worker: bool = False
+    scheduled_refresh_timer: float = 30.0
+    scheduled_refresh_timezones: tuple[str, ...] = ("UTC",)
+    pre_aggregations_schema: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: str | None = None
+    jwt_issuer: tuple[str, ...] = ()
+    jwt_subject: str | None = None
+    jwt_claims_namespace: str | None = None
+    max_request_size: int = 1024 * 1024
+    log_format: str = "text"
+    log_level: str = "info"
+    extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def default_data_source(self) -> DataSourceSettings:
+        """Return the settings of the ``default`` data source."""
+        for ds in self.data_sources:
+            if ds.name == "default":
+                return ds
+        return self.data_sources[0]
+
+    @property
+    def resolved_schema_path(self) -> Path:
+        """Return the model directory as an absolute path."""
+        path = self.schema_path
+        return path if path.is_absolute() else (self.project_dir / path).resolve()
+
+    def with_overrides(self, **changes: object) -> "Settings":
+        """Return a copy with some fields replaced (used by tests)."""
+        return replace(self, **changes)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Return the variables of a ``.env`` file (``KEY=value``, ``export`` allowed, quotes
+    stripped, ``#`` comments); an absent file gives an empty dict."""
+    result: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return result
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export "):].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise ConfigError(f"{path}:{number}: not a KEY=value line")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        result[key] = value
+    return result
+
+
+class _Reader:
+    """Typed access to one merged variable mapping; every error names the variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def str(self, key: str, default: str | None = None) -> str | None:
+        value = self.env.get(key)
+        return default if value is None or value == "" else value
+
+    def bool(self, key: str, default: bool) -> bool:
+        value = self.env.get(key)
+        if value is None:
+            return default
+        lowered = value.strip().lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ConfigError(f'Value "{value}" is not valid for {key}. Must be true or false.')
+
+    def int(self, key: str, default: int | None, minimum: int = 0, maximum: int | None = None) -> int | None:
+        value = self.env.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ConfigError(f'Value "{value}" is not valid for {key}. Must be an integer.') from None
+        if number < minimum or (maximum is not None and number > maximum):
+            bound = f" between {minimum} and {maximum}" if maximum is not None else f" >= {minimum}"
+            raise ConfigError(f'Value "{value}" is not valid for {key}. Must be an integer{bound}.')
+        return number
+
+    def duration(self, key: str, default: float) -> float:
+        value = self.env.get(key)
+        if value is None or value == "":
+            return default
+        return parse_duration(value, key)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str(key, default)
+        assert value is not None
+        if value not in choices:
+            raise ConfigError(f'Value "{value}" is not valid for {key}. Must be one of: {", ".join(choices)}.')
+        return value
+
+    def list(self, key: str) -> tuple[str, ...]:
+        value = self.env.get(key) or ""
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_duration(value: str, key: str) -> float:
+    """Return seconds from ``N``, ``Ns``, ``Nm`` or ``Nh``; ConfigError naming ``key`` otherwise."""
+    match = _DURATION.match(value.strip().lower())
+    if not match:
+        raise ConfigError(
+            f'Value "{value}" is not valid for {key}. '
+            "Must be a number in seconds or duration string (1s, 1m, 1h)."
+        )
+    number, unit = int(match.group(1)), match.group(2)
+    return float(number * {"": 1, "s": 1, "m": 60, "h": 3600}[unit])
+
+
+def _timezone(value: str, key: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f'Value "{value}" is not valid for {key}. Must be an IANA time zone.') from None
+    return value
+
+
+def _data_source(reader: _Reader, name: str, project_dir: Path) -> DataSourceSettings:
+    prefix = "CUBEJS_" if name == "default" else f"CUBEJS_DS_{name.upper()}_"
+    db_type = reader.choice(f"{prefix}DB_TYPE", "duckdb", DB_TYPES)
+    duckdb_path: Path | None = None
+    if db_type == "duckdb":
+        raw = reader.str(f"{prefix}DB_DUCKDB_DATABASE_PATH")
+        if raw:
+            duckdb_path = Path(raw) if Path(raw).is_absolute() else (project_dir / raw)
+    return DataSourceSettings(
+        name=name,
+        db_type=db_type,
+        host=reader.str(f"{prefix}DB_HOST"),
+        port=reader.int(f"{prefix}DB_PORT", None, minimum=1, maximum=65535),
+        database=reader.str(f"{prefix}DB_NAME"),
+        user=reader.str(f"{prefix}DB_USER"),
+        password=reader.str(f"{prefix}DB_PASS"),
+        url=reader.str(f"{prefix}DB_URL"),
+        ssl=reader.bool(f"{prefix}DB_SSL", False),
+        max_pool=reader.int(f"{prefix}DB_MAX_POOL", None, minimum=1),
+        duckdb_path=duckdb_path,
+        query_timeout=reader.duration(f"{prefix}DB_QUERY_TIMEOUT", 600.0),
+        concurrency=reader.int(f"{prefix}CONCURRENCY", reader.int("CUBEJS_CONCURRENCY", None, minimum=1), minimum=1),
+    )
+
+
+def _listen_endpoint(port: str, key: str) -> tuple[str, int]:
+    """Return (endpoint description, numeric port) from a port number or an endpoint string."""
+    value = port.strip()
+    if value.isdigit():
+        number = int(value)
+        if not 0 <= number <= 65535:
+            raise ConfigError(f'Value "{port}" is not valid for {key}. Should be lower or equal than 65535.')
+        return f"tcp:{number}", number
+    if re.match(r"^(tcp|tcp6|unix|systemd|ssl):", value):
+        match = re.match(r"^tcp6?:(\d+)", value)
+        return value, int(match.group(1)) if match else 0
+    raise ConfigError(f'Value "{port}" is not valid for {key}. Must be a port number or an endpoint string.')
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    project_dir: str | Path | None = None,
+    options: Mapping[str, object] | None = None,
+) -> Settings:
+    """Return validated Settings from the environment, ``<project_dir>/.env`` and options.
+
+    ``options`` holds twistd options that win over both (``port``, ``listen``, ``dev``).
+    Raises ConfigError with one line naming the bad setting.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    options = dict(options or {})
+    directory = Path(project_dir or options.get("project-dir") or environ.get("CUBED_PROJECT_DIR") or ".")
+    directory = directory.resolve()
+    if not directory.is_dir():
+        raise ConfigError(f'Value "{directory}" is not valid for --project-dir. Not a directory.')
+    merged: dict[str, str] = {**read_dotenv(directory / ".env"), **environ}
+    reader = _Reader(merged)
+
+    dev_mode = bool(options.get("dev")) or reader.bool("CUBEJS_DEV_MODE", False)
+    port_value = options.get("port") or reader.str("PORT", "4000")
+    listen, port = _listen_endpoint(str(port_value), "--port" if options.get("port") else "PORT")
+    if options.get("listen"):
+        listen = str(options["listen"])
+    elif listen.startswith("tcp:") and not str(port_value).startswith("tcp"):
+        host = reader.str("CUBED_HOST", "127.0.0.1" if dev_mode else "0.0.0.0")
+        listen = f"{listen}:interface={host}"
+
+    base_path = reader.str("CUBEJS_BASE_PATH", "/cubejs-api") or "/cubejs-api"
+    if not base_path.startswith("/") or base_path.endswith("/") and base_path != "/":
+        raise ConfigError(f'Value "{base_path}" is not valid for CUBEJS_BASE_PATH. Must start with / and not end with /.')
+
+    api_secret = reader.str("CUBEJS_API_SECRET")
+    if not dev_mode and not api_secret and not reader.str("CUBEJS_JWT_KEY") and not reader.str("CUBEJS_JWK_URL"):
+        raise ConfigError("CUBEJS_API_SECRET is required outside dev mode (set it, or CUBEJS_DEV_MODE=true).")
+
+    names = reader.list("CUBEJS_DATASOURCES")
+    if names and "default" not in names:
+        raise ConfigError('Value "{}" is not valid for CUBEJS_DATASOURCES. It must list "default".'.format(",".join(names)))
+    data_sources = tuple(_data_source(reader, name, directory) for name in (names or ("default",)))
+
+    db_query_limit = reader.int("CUBEJS_DB_QUERY_LIMIT", 50000, minimum=1)
+    db_query_default_limit = reader.int("CUBEJS_DB_QUERY_DEFAULT_LIMIT", 10000, minimum=1)
+    assert db_query_limit is not None and db_query_default_limit is not None
+
+    timezones = tuple(
+        _timezone(tz, "CUBEJS_SCHEDULED_REFRESH_TIMEZONES") for tz in reader.list("CUBEJS_SCHEDULED_REFRESH_TIMEZONES")
+    ) or ("UTC",)
+    refresh_raw = reader.str("CUBEJS_REFRESH_WORKER", reader.str("CUBEJS_SCHEDULED_REFRESH"))
+    refresh_worker = False
+    refresh_timer = reader.duration("CUBEJS_SCHEDULED_REFRESH_TIMER", 30.0)
+    if refresh_raw is not None:
+        lowered = refresh_raw.strip().lower()
+        if lowered in _TRUE:
+            refresh_worker = True
+        elif lowered in _FALSE:
+            refresh_worker = False
+        else:
+            refresh_worker = True
+            refresh_timer = parse_duration(refresh_raw, "CUBEJS_REFRESH_WORKER")
+
+    redis_url = reader.str("CUBEJS_REDIS_URL", reader.str("REDIS_URL"))
+    driver_default = "redis" if redis_url else "memory"
+    driver = reader.choice("CUBEJS_CACHE_AND_QUEUE_DRIVER", driver_default, CACHE_AND_QUEUE_DRIVERS)
+    if driver == "redis" and not redis_url:
+        raise ConfigError("CUBEJS_REDIS_URL is required when CUBEJS_CACHE_AND_QUEUE_DRIVER=redis.")
+
+    max_request_size = _size(reader.str("CUBEJS_MAX_REQUEST_SIZE", "1mb") or "1mb")
+
+    return Settings(
+        project_dir=directory,
+        listen=listen,
+        port=port,
+        base_path=base_path,
+        dev_mode=dev_mode,
+        api_secret=api_secret,
+        schema_path=Path(reader.str("CUBEJS_SCHEMA_PATH", "model") or "model"),
+        data_sources=data_sources,
+        db_query_limit=db_query_limit,
+        db_query_default_limit=min(db_query_default_limit, db_query_limit),
+        default_timezone=_timezone(reader.str("CUBEJS_DEFAULT_TIMEZONE", "UTC") or "UTC", "CUBEJS_DEFAULT_TIMEZONE"),
+        continue_wait_timeout=reader.duration("CUBEJS_CONTINUE_WAIT_TIMEOUT", 5.0),
+        cache_and_queue_driver=driver,
+        redis_url=redis_url,
+        refresh_worker=refresh_worker,
+        scheduled_refresh_timer=refresh_timer,
+        scheduled_refresh_timezones=timezones,
+        pre_aggregations_schema=reader.str("CUBEJS_PRE_AGGREGATIONS_SCHEMA"),
+        jwt_algorithms=reader.list("CUBEJS_JWT_ALGS") or ("HS256",),
+        jwt_audience=reader.str("CUBEJS_JWT_AUDIENCE"),
+        jwt_issuer=reader.list("CUBEJS_JWT_ISSUER"),
+        jwt_subject=reader.str("CUBEJS_JWT_SUBJECT"),
+        jwt_claims_namespace=reader.str("CUBEJS_JWT_CLAIMS_NAMESPACE"),
+        max_request_size=max_request_size,
+        log_format=reader.choice("CUBED_LOG_FORMAT", "text", LOG_FORMATS),
+        log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", ("trace", "debug", "info", "warn", "error")),
+        extra=merged,
+    )
+
+
+def _size(value: str) -> int:
+    match = re.match(r"^(\d+)\s*(b|kb|mb|gb)?$", value.strip().lower())
+    if not match:
+        raise ConfigError(f'Value "{value}" is not valid for CUBEJS_MAX_REQUEST_SIZE. Must be a size like 1mb or 512kb.')
+    unit = {"b": 1, None: 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[match.group(2)]
+    return int(match.group(1)) * unit

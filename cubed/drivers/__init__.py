@@ -1,0 +1,1 @@
+"""Database drivers: each returns Deferred results and never blocks the reactor."""

@@ -1,0 +1,1 @@
+"""The data model: YAML files -> validated, compiled cubes."""

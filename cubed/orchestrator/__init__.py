@@ -1,0 +1,1 @@
+"""The query orchestrator: refresh keys, result cache, queue."""

@@ -1,0 +1,1 @@
+"""The query compiler: parse -> plan -> render, with plain data between the stages."""
