@@ -1,0 +1,1 @@
+"""cubed's trial test suite."""
