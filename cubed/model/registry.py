@@ -1,0 +1,96 @@
+"""The compiled model a server answers with: loaded off the reactor thread, compiled once,
+swapped atomically on reload (keeping the last good model when the new one is broken), with
+a bounded cache of planned SQL per normalized query.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from twisted.internet import threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from cubed.model.compile import ModelCompiler
+from cubed.model.joins import JoinGraph
+from cubed.model.loader import load_directory
+from cubed.model.meta import ModelMeta
+from cubed.model.schema import Model
+from cubed.query.plan import QueryPlan, QueryPlanner
+from cubed.query.types import Query
+
+PLAN_CACHE_SIZE = 10000
+
+
+@dataclass
+class CompiledModel:
+    """A model with everything derived from it: join graph, meta, planner, plan cache."""
+
+    model: Model
+    joins: JoinGraph
+    meta: ModelMeta
+    planner: QueryPlanner
+    plan_cache_size: int = PLAN_CACHE_SIZE
+    _plans: "OrderedDict[Query, QueryPlan]" = field(default_factory=OrderedDict)
+
+    def plan(self, query: Query) -> QueryPlan:
+        """Return the plan of a normalized query, from the cache when planned before."""
+        cached = self._plans.get(query)
+        if cached is not None:
+            self._plans.move_to_end(query)
+            return cached
+        plan = self.planner.plan(query)
+        self._plans[query] = plan
+        if len(self._plans) > self.plan_cache_size:
+            self._plans.popitem(last=False)
+        return plan
+
+
+def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str]) -> CompiledModel:
+    """Return the CompiledModel of a model directory (blocking: run it in a thread)."""
+    model = ModelCompiler(dialect_for).compile(load_directory(directory))
+    joins = JoinGraph(model)
+    return CompiledModel(model=model, joins=joins, meta=ModelMeta(model, joins),
+                         planner=QueryPlanner(model, joins, dialect_for, db_type_for))
+
+
+class ModelRegistry:
+    """Holds the current compiled model of one model directory."""
+
+    log = Logger()
+
+    def __init__(self, directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str],
+                 reactor: Any) -> None:
+        self.directory = directory
+        self.dialect_for = dialect_for
+        self.db_type_for = db_type_for
+        self.reactor = reactor
+        self._current: CompiledModel | None = None
+
+    @property
+    def current(self) -> CompiledModel:
+        """Return the model in service (raises if none was loaded yet)."""
+        if self._current is None:
+            raise RuntimeError("the model has not been loaded")
+        return self._current
+
+    def load_now(self) -> CompiledModel:
+        """Load and install the model synchronously (start-up, where failing fast is wanted)."""
+        compiled = compile_directory(self.directory, self.dialect_for, self.db_type_for)
+        self._install(compiled)
+        return compiled
+
+    def reload(self) -> Deferred[CompiledModel]:
+        """Load the model in a thread and install it; on error keep the current one and fail."""
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), compile_directory,
+                                      self.directory, self.dialect_for, self.db_type_for)
+        d.addCallback(self._install)
+        return d
+
+    def _install(self, compiled: CompiledModel) -> CompiledModel:
+        self._current = compiled
+        self.log.info("model {version} loaded from {directory}: {cubes} cubes",
+                      version=compiled.model.version, directory=str(self.directory), cubes=len(compiled.model.cubes))
+        return compiled
