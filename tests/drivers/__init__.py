@@ -1,0 +1,1 @@
+"""Tests of the database drivers and the wire form of their values."""
