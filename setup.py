@@ -14,7 +14,6 @@ setup(
         "twisted.plugins": ["cubed_plugin.py"],
         "cubed.demo": ["data/*.csv.gz", "model/*.yml"],
     },
-    include_package_data=True,
     install_requires=[
         "Twisted>=24.3",
         "klein>=24.8",

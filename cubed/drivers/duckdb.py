@@ -169,6 +169,9 @@ class DuckDBDriver:
                 if self._connection is None:
                     raise ServiceUnavailable("database unavailable: database not open")
                 cursor = self._connection.cursor()
+                # Naive timestamps cast to TIMESTAMPTZ are read in the session zone; queries
+                # convert to the query's zone themselves, so the session must be UTC, not the host's.
+                cursor.execute("SET TimeZone = 'UTC'")
                 self._cursors.append(cursor)
             self._local.cursor = cursor
         return cursor
