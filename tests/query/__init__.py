@@ -1,0 +1,1 @@
+"""Tests of the query request parser and the date module."""
