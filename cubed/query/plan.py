@@ -1,0 +1,605 @@
+"""Query + Model -> QueryPlan: member resolution, join tree, fan-out analysis, and the SQL
+tree (Cube's BaseQuery), rendered per dialect by cubed/query/sql.py.
+
+Shapes, as Cube builds them:
+- simple: ``SELECT dims, measures FROM root LEFT JOIN ... WHERE ... GROUP BY ... HAVING ...``
+- fan-out: measures of cubes the join tree multiplies are computed over a ``keys`` sub-query
+  of distinct (dimensions, primary key) joined back to the cube, one sub-query per such cube,
+  the rest in a ``main`` sub-query; the sub-queries are joined on the dimensions and measure
+  filters become an outer WHERE.
+"""
+from __future__ import annotations
+
+import zoneinfo
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from sqlglot import exp
+
+from cubed.errors import CompileError, UserError
+from cubed.model.joins import JoinGraph, JoinTree
+from cubed.model.meta import alias_name
+from cubed.model.schema import Dimension, Measure, Model, Segment
+from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
+from cubed.query.members import MemberRenderer, RenderContext, member_cubes, paren, quoted
+from cubed.query.sql import RenderedSql, render_sql
+from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
+
+KEYS_ALIAS = "keys"
+IANA_ZONES = frozenset(zoneinfo.available_timezones()) | {"UTC"}
+
+
+@dataclass(frozen=True)
+class SelectedColumn:
+    """One column of the result: its SQL alias and the member it answers
+    (``Orders.createdAt.day`` for a time dimension with granularity)."""
+
+    alias: str
+    member: str
+    kind: str  # measure | dimension | time
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """Everything needed to run one normalized query and shape its answer."""
+
+    query: Query
+    data_source: str
+    db_type: str
+    dialect: str
+    sql: RenderedSql
+    columns: tuple[SelectedColumn, ...]
+    order: tuple[OrderItem, ...]
+    cubes: tuple[str, ...]
+    total_sql: RenderedSql | None = None
+    time_dimension_alias: str | None = None
+    time_dimension_field: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def alias_to_member(self) -> dict[str, str]:
+        """Return Cube's ``aliasNameToMember`` map (measures, dimensions, time dimensions)."""
+        ordered = [c for c in self.columns if c.kind == "measure"] + [c for c in self.columns if c.kind != "measure"]
+        return {c.alias: c.member for c in ordered}
+
+
+@dataclass(frozen=True)
+class _TimeDim:
+    query: TimeDimension
+    dimension: Dimension
+
+    @property
+    def alias(self) -> str | None:
+        if not self.query.granularity:
+            return None
+        return f"{alias_name(self.dimension.path, None)}_{self.query.granularity}"
+
+
+@dataclass
+class _Members:
+    """The query's members resolved against the model, in Cube's collection order."""
+
+    measures: list[Measure]
+    dimensions: list[Dimension]
+    segments: list[Segment]
+    time_dimensions: list[_TimeDim]
+    dimension_filters: list[Any]  # FilterCondition | FilterGroup on dimensions/segments
+    measure_filters: list[Any]    # on measures (HAVING)
+
+
+class QueryPlanner:
+    """Plans queries against one compiled model for one data source dialect."""
+
+    def __init__(self, model: Model, joins: JoinGraph, dialect_for: Any, db_type_for: Any) -> None:
+        self.model = model
+        self.joins = joins
+        self.dialect_for = dialect_for
+        self.db_type_for = db_type_for
+
+    # -- member resolution ---------------------------------------------------------------
+    def _by_path(self, kind: str, path: str) -> Any:
+        cube_name, _, name = path.partition(".")
+        cube = self.model.cubes.get(cube_name)
+        if cube is None:
+            raise CompileError(f"Cube '{cube_name}' not found for path '{path}'")
+        members = getattr(cube, kind)
+        if not members:
+            raise CompileError(f"{kind} not defined for path '{path}'")
+        member = members.get(name)
+        if member is None:
+            raise CompileError(f"'{name}' not found for path '{path}'")
+        return member
+
+    def _is_measure(self, path: str) -> bool:
+        cube_name, _, name = path.partition(".")
+        cube = self.model.cubes.get(cube_name)
+        return bool(cube and name in cube.measures)
+
+    def _split_filters(self, filters: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        dimension_filters, measure_filters = [], []
+        for item in filters:
+            if isinstance(item, FilterGroup):
+                leaves = list(_leaves(item))
+                kinds = {self._is_measure(leaf.member) for leaf in leaves}
+                if len(kinds) > 1:
+                    raise UserError(f"You cannot use dimension and measure in same condition: {group_json(item)}")
+                if kinds == {True}:
+                    measure_filters.append(item)
+                else:
+                    dimension_filters.append(item)
+            elif self._is_measure(item.member) and item.operator != "measureFilter":
+                measure_filters.append(item)
+            else:
+                dimension_filters.append(item)
+        return dimension_filters, measure_filters
+
+    def _resolve(self, query: Query) -> _Members:
+        dimension_filters, measure_filters = self._split_filters(query.filters)
+        measures = [self._by_path("measures", m) for m in query.measures]
+        dimensions = [self._by_path("dimensions", d) for d in query.dimensions]
+        segments = [self._by_path("segments", s) for s in query.segments]
+        for item in dimension_filters:
+            for leaf in _leaves(item):
+                if leaf.operator == "measureFilter":
+                    self._by_path("measures", leaf.member)
+                elif not self._segment_exists(leaf.member):
+                    self._by_path("dimensions", leaf.member)
+        for item in measure_filters:
+            for leaf in _leaves(item):
+                self._by_path("measures", leaf.member)
+        time_dimensions = [_TimeDim(td, self._by_path("dimensions", td.dimension)) for td in query.time_dimensions]
+        return _Members(measures, dimensions, segments, time_dimensions, dimension_filters, measure_filters)
+
+    def _segment_exists(self, path: str) -> bool:
+        cube_name, _, name = path.partition(".")
+        cube = self.model.cubes.get(cube_name)
+        return bool(cube and name in cube.segments)
+
+    def _join_hints(self, members: _Members) -> list[str]:
+        hints: list[str] = []
+
+        def add(path: str) -> None:
+            cube_name, _, name = path.partition(".")
+            for cube in member_cubes(self.model, cube_name, name):
+                if cube not in hints:
+                    hints.append(cube)
+
+        for m in members.measures:
+            add(m.path)
+        for d in members.dimensions:
+            add(d.path)
+        for s in members.segments:
+            add(s.path)
+        for item in members.dimension_filters + members.measure_filters:
+            for leaf in _leaves(item):
+                add(leaf.member)
+        for td in members.time_dimensions:
+            add(td.dimension.path)
+        return hints
+
+    # -- planning ------------------------------------------------------------------------
+    def plan(self, query: Query) -> QueryPlan:
+        """Return the QueryPlan of a normalized query; CompileError/UserError for bad queries."""
+        members = self._resolve(query)
+        hints = self._join_hints(members)
+        if not hints:
+            raise UserError("Query should contain either measures, dimensions or timeDimensions with granularities in order to be valid")
+        data_sources = []
+        for cube_name in hints:
+            source = self.model.cubes[cube_name].data_source
+            if source not in data_sources:
+                data_sources.append(source)
+        if len(data_sources) > 1:
+            raise CompileError(
+                "To join across data sources use rollupJoin with Cube Store. If rollupJoin is defined, this error "
+                "indicates it doesn't match the query. Please use Rollup Designer to verify it's definition. "
+                f"Found data sources: {', '.join(data_sources)}"
+            )
+        data_source = data_sources[0]
+        dialect = self.dialect_for(data_source)
+        tree = self.joins.build(tuple(hints))
+        if query.ungrouped:
+            self._check_ungrouped(tree, members)
+        builder = _SqlBuilder(self.model, tree, members, query, dialect)
+        order = builder.order
+        select = builder.build()
+        rendered = render_sql(select, builder.params.values, dialect)
+        total_sql = None
+        if query.total:
+            total_builder = _SqlBuilder(self.model, tree, members, query, dialect, total=True)
+            inner = total_builder.build()
+            total_tree = exp.select(exp.Count(this=exp.Star()).as_(quoted("total_count"), copy=False), copy=False).from_(
+                exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted("original_query"))), copy=False)
+            total_sql = render_sql(total_tree, total_builder.params.values, dialect)
+        first_td = next((td for td in members.time_dimensions if td.query.granularity), None)
+        return QueryPlan(
+            query=query, data_source=data_source, db_type=self.db_type_for(data_source), dialect=dialect,
+            sql=rendered, columns=tuple(builder.columns), order=order, cubes=tuple(tree.cubes),
+            total_sql=total_sql,
+            time_dimension_alias=first_td.alias if first_td else None,
+            time_dimension_field=first_td.query.dimension if first_td else None,
+        )
+
+    def _check_ungrouped(self, tree: JoinTree, members: _Members) -> None:
+        selected = {d.path for d in members.dimensions}
+        missing = []
+        for cube_name in tree.cubes:
+            cube = self.model.cubes[cube_name]
+            if not cube.primary_keys:
+                raise CompileError(f"One or more Primary key is required for '{cube_name}")
+            missing += [f"{cube_name}.{k}" for k in cube.primary_keys if f"{cube_name}.{k}" not in selected]
+        if missing:
+            names = ", ".join(f"'{m}'" for m in missing)
+            raise CompileError(
+                f"Ungrouped query requires primary keys to be present in dimensions: {names}. "
+                "Pass allowUngroupedWithoutPrimaryKey option to disable this check."
+            )
+        if members.measure_filters:
+            raise CompileError("Measure filters aren't allowed in ungrouped query")
+
+
+def _leaves(item: Any) -> Iterable[FilterCondition]:
+    if isinstance(item, FilterGroup):
+        for child in item.items:
+            yield from _leaves(child)
+    else:
+        yield item
+
+
+def group_json(item: Any) -> str:
+    """Return a filter (leaf or group) as Cube's JSON.stringify shows it."""
+    if isinstance(item, FilterGroup):
+        inner = ",".join(group_json(child) for child in item.items)
+        return f'{{"{item.kind}":[{inner}]}}'
+    return filter_json(item)
+
+
+class _SqlBuilder:
+    """Builds the SELECT tree of one query (or of its total count when ``total``)."""
+
+    def __init__(self, model: Model, tree: JoinTree, members: _Members, query: Query, dialect: str,
+                 total: bool = False) -> None:
+        self.model = model
+        self.tree = tree
+        self.m = members
+        self.query = query
+        self.dialect = dialect
+        self.total = total
+        self.params = ParamAllocator()
+        self.filters = FilterBuilder(self.params, query.timezone)
+        self.renderer = MemberRenderer(model, dialect, tree.multiplied, query.ungrouped)
+        self.columns: list[SelectedColumn] = []
+        for d in members.dimensions:
+            self.columns.append(SelectedColumn(alias_name(d.path, model.cubes[d.cube].sql_alias), d.path, "dimension"))
+        for td in members.time_dimensions:
+            if td.query.granularity:
+                cube_alias = model.cubes[td.dimension.cube].sql_alias
+                self.columns.append(SelectedColumn(
+                    f"{alias_name(td.dimension.path, cube_alias)}_{td.query.granularity}",
+                    f"{td.dimension.path}.{td.query.granularity}", "time"))
+        for measure in members.measures:
+            self.columns.append(SelectedColumn(alias_name(measure.path, model.cubes[measure.cube].sql_alias), measure.path, "measure"))
+        self.order = self._effective_order()
+
+    # -- pieces --------------------------------------------------------------------------
+    @property
+    def dimension_aliases(self) -> list[str]:
+        return [c.alias for c in self.columns if c.kind != "measure"]
+
+    def _dimension_selects(self, ctx: RenderContext) -> list[exp.Expression]:
+        selects: list[exp.Expression] = []
+        for d in self.m.dimensions:
+            selects.append(exp.alias_(self.renderer.dimension_sql(d, ctx), quoted(self._alias(d.path)), copy=False))
+        for td in self.m.time_dimensions:
+            if td.query.granularity:
+                selects.append(exp.alias_(self._time_sql(td, ctx), quoted(self._time_alias(td)), copy=False))
+        return selects
+
+    def _alias(self, path: str) -> str:
+        cube_name = path.partition(".")[0]
+        return alias_name(path, self.model.cubes[cube_name].sql_alias)
+
+    def _time_alias(self, td: _TimeDim) -> str:
+        return f"{self._alias(td.dimension.path)}_{td.query.granularity}"
+
+    def _time_sql(self, td: _TimeDim, ctx: RenderContext) -> exp.Expression:
+        column = self.renderer.dimension_sql(td.dimension, ctx)
+        # The zone is inlined as Cube does (it counts in /v1/sql's params otherwise); it is
+        # safe as a literal only because it was checked against the IANA database.
+        if self.query.timezone not in IANA_ZONES:
+            raise UserError(f"Invalid time zone: {self.query.timezone}")
+        converted = exp.AtTimeZone(this=exp.Cast(this=paren(column), to=exp.DataType.build("timestamptz")),
+                                   zone=exp.Literal.string(self.query.timezone))
+        if ctx.ungrouped or self.query.ungrouped:
+            return exp.Paren(this=converted)
+        return exp.TimestampTrunc(this=exp.Paren(this=converted), unit=exp.var(td.query.granularity))
+
+    def _where_conditions(self, ctx: RenderContext) -> list[exp.Expression]:
+        conditions: list[exp.Expression] = []
+        for td in self.m.time_dimensions:
+            if td.query.date_range:
+                column = self.renderer.dimension_sql(td.dimension, ctx)
+                conditions.append(self.filters.range(column, td.query.date_range, td.dimension.field_type == "string"))
+        for segment in self.m.segments:
+            conditions.append(self.renderer.segment_sql(segment, ctx))
+        for item in self.m.dimension_filters:
+            condition = self._filter(item, ctx, measure=False)
+            if condition is not None:
+                conditions.append(condition)
+        return conditions
+
+    def _filter(self, item: Any, ctx: RenderContext, measure: bool) -> exp.Expression | None:
+        if isinstance(item, FilterGroup):
+            parts = [p for p in (self._filter(child, ctx, measure) for child in item.items) if p is not None]
+            return combine(item.kind, parts) if parts else None
+        cube_name, _, name = item.member.partition(".")
+        cube = self.model.cubes[cube_name]
+        if item.operator == "measureFilter":
+            target = cube.measures.get(name)
+            if target is None or not target.filters:
+                return None
+            parts = [paren(self.renderer.resolve(f, cube_name, ctx)) for f in target.filters]
+            return combine("and", parts) if len(parts) > 1 else parts[0]
+        string_time = False
+        if measure:
+            column = self.renderer.measure_sql(cube.measures[name], ctx)
+        elif name in cube.segments:
+            column = self.renderer.segment_sql(cube.segments[name], ctx)
+        else:
+            dimension = cube.dimensions[name]
+            column = self.renderer.dimension_sql(dimension, ctx)
+            string_time = dimension.field_type == "string"
+        return self.filters.condition(item, column, string_time)
+
+    def _measure_filter_conditions(self, ctx: RenderContext) -> list[exp.Expression]:
+        return [c for c in (self._filter(item, ctx, measure=True) for item in self.m.measure_filters) if c is not None]
+
+    def _from(self, select: exp.Select, ctx: RenderContext, tree: JoinTree | None = None) -> exp.Select:
+        tree = tree or self.tree
+        select = select.from_(self.renderer.from_item(tree.root, ctx), copy=False)
+        for join in tree.joins:
+            on = self.renderer.resolve(join.sql, join.source, ctx)
+            select = select.join(self.renderer.from_item(join.target, ctx), on=on, join_type="left", copy=False)
+        return select
+
+    def _where(self, select: exp.Select, conditions: list[exp.Expression]) -> exp.Select:
+        if conditions:
+            select = select.where(combine("and", conditions), copy=False)
+        return select
+
+    def _group_by(self, select: exp.Select, count: int, ungrouped: bool) -> exp.Select:
+        if count and not ungrouped:
+            select = select.group_by(*[exp.Literal.number(i + 1) for i in range(count)], copy=False)
+        return select
+
+    def _effective_order(self) -> tuple[OrderItem, ...]:
+        if self.query.order:
+            return self.query.order
+        if self.total:
+            return ()
+        first_td = next((td for td in self.m.time_dimensions if td.query.granularity), None)
+        if first_td is not None:
+            return (OrderItem(first_td.query.dimension, False),)
+        if self.m.measures and self.m.dimensions:
+            return (OrderItem(self.m.measures[0].path, True),)
+        if self.m.dimensions:
+            return (OrderItem(self.m.dimensions[0].path, False),)
+        return ()
+
+    def _order_limit(self, select: exp.Select) -> exp.Select:
+        if not self.total:
+            dimension_columns = [c for c in self.columns if c.kind != "measure"]
+            measure_columns = [c for c in self.columns if c.kind == "measure"]
+            for item in self.order:
+                position = self._position(item.id, dimension_columns, measure_columns)
+                if position is not None:
+                    select = select.order_by(exp.Ordered(this=exp.Literal.number(position), desc=item.desc,
+                                                         nulls_first=item.desc), copy=False)
+            if self.query.limit is not None:
+                select = select.limit(exp.Literal.number(self.query.limit), copy=False)
+            if self.query.offset:
+                select = select.offset(exp.Literal.number(self.query.offset), copy=False)
+        return select
+
+    def _position(self, member: str, dimension_columns: list[SelectedColumn],
+                  measure_columns: list[SelectedColumn]) -> int | None:
+        wanted = member.upper()
+        for index, column in enumerate(dimension_columns):
+            base = column.member.rsplit(".", 1)[0] if column.kind == "time" else column.member
+            if base.upper() == wanted or column.member.upper() == wanted:
+                return index + 1
+        for index, column in enumerate(measure_columns):
+            if column.member.upper() == wanted:
+                return len(dimension_columns) + index + 1
+        return None
+
+    # -- query shapes --------------------------------------------------------------------
+    def build(self) -> exp.Select:
+        """Return the SELECT tree for the query."""
+        regular, multiplied, composite = self._classify_measures()
+        if not multiplied and not any(m.cumulative for m in self._all_leaf_measures(regular)):
+            return self._simple_query()
+        return self._full_key_query(regular, multiplied, composite)
+
+    def _simple_query(self) -> exp.Select:
+        ctx = RenderContext()
+        selects = self._dimension_selects(ctx)
+        selects += [exp.alias_(self.renderer.measure_sql(m, ctx), quoted(self._alias(m.path)), copy=False)
+                    for m in self.m.measures]
+        select = exp.select(*selects, copy=False) if selects else exp.select(exp.Literal.number(1), copy=False)
+        select = self._from(select, ctx)
+        select = self._where(select, self._where_conditions(ctx))
+        select = self._group_by(select, len(self.dimension_aliases), self.query.ungrouped)
+        having = self._measure_filter_conditions(ctx)
+        if having:
+            select = select.having(combine("and", having), copy=False)
+        return self._order_limit(select)
+
+    def _all_leaf_measures(self, measures: list[Measure]) -> list[Measure]:
+        return measures
+
+    def _classify_measures(self) -> tuple[list[Measure], dict[str, list[Measure]], list[Measure]]:
+        """Split the measures to compute (query measures and measure-filter measures) into
+        regular ones, multiplied ones per cube, and composite ones computed in the outer
+        query from their parts (Cube's ``collectRootMeasureToHieararchy``)."""
+        roots: list[Measure] = list(self.m.measures)
+        for item in self.m.measure_filters:
+            for leaf in _leaves(item):
+                measure = self._measure(leaf.member)
+                if measure not in roots:
+                    roots.append(measure)
+        regular: list[Measure] = []
+        multiplied: dict[str, list[Measure]] = {}
+        composite: list[Measure] = []
+
+        def place(measure: Measure) -> None:
+            if measure.cumulative:
+                raise CompileError(f"Measure {measure.path} is a rolling window / running total measure, "
+                                   "which is not supported yet")
+            if self.renderer.is_multiplied(measure):
+                bucket = multiplied.setdefault(measure.cube, [])
+                if measure not in bucket:
+                    bucket.append(measure)
+            elif measure not in regular:
+                regular.append(measure)
+
+        for root in roots:
+            parts = self._composite_parts(root)
+            if parts is None:
+                place(root)
+            else:
+                composite.append(root)
+                for part in parts:
+                    place(part)
+        return regular, multiplied, composite
+
+    def _measure(self, path: str) -> Measure:
+        cube_name, _, name = path.partition(".")
+        return self.model.cubes[cube_name].measures[name]
+
+    def _composite_parts(self, root: Measure) -> list[Measure] | None:
+        """Return the measures a calculated measure must be assembled from when they live in
+        other cubes (or are cumulative); None when it is computed in one piece."""
+        if root.type not in ("number", "string", "time", "boolean"):
+            return None
+        parts: list[Measure] = []
+        is_composite = False
+
+        def walk(measure: Measure, seen: tuple[str, ...]) -> None:
+            nonlocal is_composite
+            for child in self.renderer.referenced_measures(measure):
+                if child.path in seen:
+                    continue
+                if child.cube != measure.cube or child.cumulative:
+                    is_composite = True
+                if child.type in ("number", "string", "time", "boolean") and self.renderer.referenced_measures(child):
+                    walk(child, seen + (child.path,))
+                elif child not in parts:
+                    parts.append(child)
+
+        walk(root, (root.path,))
+        return parts if is_composite else None
+
+    def _full_key_query(self, regular: list[Measure], multiplied: dict[str, list[Measure]],
+                        composite: list[Measure]) -> exp.Select:
+        subqueries: list[exp.Select] = []
+        computed: dict[str, str] = {}
+        multiplied_cubes = sorted(multiplied)
+        regular_cubes = sorted({m.cube for m in regular})
+        if regular and multiplied and regular_cubes == multiplied_cubes:
+            # Cube: when both sets involve the same cubes, one scan per cube is cheaper.
+            merged: dict[str, list[Measure]] = {}
+            order = {m.path: i for i, m in enumerate(self.m.measures)}
+            for measure in sorted(regular + [m for ms in multiplied.values() for m in ms],
+                                  key=lambda m: order.get(m.path, len(order))):
+                merged.setdefault(measure.cube, []).append(measure)
+            for cube_name, measures in merged.items():
+                subqueries.append(self._aggregate_subquery(cube_name, measures, f"{cube_name}_key"))
+                computed.update({m.path: self._alias(m.path) for m in measures})
+        else:
+            if regular:
+                subqueries.append(self._regular_subquery(regular))
+                computed.update({m.path: self._alias(m.path) for m in regular})
+            for cube_name, measures in multiplied.items():
+                prefix = f"{alias_name(cube_name)}_key"
+                subqueries.append(self._aggregate_subquery(cube_name, measures, prefix))
+                computed.update({m.path: self._alias(m.path) for m in measures})
+
+        has_measure_filters = bool(self.m.measure_filters)
+        if len(subqueries) == 1 and not has_measure_filters and not composite:
+            return self._order_limit(subqueries[0])
+
+        outer_ctx = RenderContext(rendered=computed)
+        aliases = self.dimension_aliases
+        selects: list[exp.Expression] = [
+            exp.alias_(exp.column(a, table="q_0", quoted=True), quoted(a), copy=False) for a in aliases
+        ]
+        for measure in self.m.measures:
+            selects.append(exp.alias_(self.renderer.measure_sql(measure, outer_ctx), quoted(self._alias(measure.path)), copy=False))
+        select = exp.select(*selects, copy=False).from_(
+            exp.Subquery(this=subqueries[0], alias=exp.TableAlias(this=exp.to_identifier("q_0"))), copy=False)
+        for index, sub in enumerate(subqueries[1:], start=1):
+            target = exp.Subquery(this=sub, alias=exp.TableAlias(this=exp.to_identifier(f"q_{index}")))
+            if aliases:
+                conditions = []
+                for a in aliases:
+                    left = exp.column(a, table=f"q_{index - 1}", quoted=True)
+                    right = exp.column(a, table=f"q_{index}", quoted=True)
+                    conditions.append(exp.Paren(this=exp.Or(
+                        this=exp.EQ(this=left, expression=right),
+                        expression=exp.Paren(this=exp.And(this=exp.Is(this=left.copy(), expression=exp.Null()),
+                                                          expression=exp.Is(this=right.copy(), expression=exp.Null()))))))
+                on = conditions[0]
+                for c in conditions[1:]:
+                    on = exp.And(this=on, expression=c)
+                select = select.join(target, on=on, join_type="inner", copy=False)
+            else:
+                select = select.join(target, join_type="cross", copy=False)
+        outer_filters = self._measure_filter_conditions(outer_ctx)
+        select = self._where(select, outer_filters)
+        return self._order_limit(select)
+
+    def _regular_subquery(self, measures: list[Measure]) -> exp.Select:
+        ctx = RenderContext(prefix="main")
+        selects = self._dimension_selects(ctx)
+        selects += [exp.alias_(self.renderer.measure_sql(m, ctx), quoted(self._alias(m.path)), copy=False) for m in measures]
+        select = self._from(exp.select(*selects, copy=False), ctx)
+        select = self._where(select, self._where_conditions(ctx))
+        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped)
+
+    def _aggregate_subquery(self, cube_name: str, measures: list[Measure], prefix: str) -> exp.Select:
+        ctx = RenderContext(prefix=prefix)
+        cube = self.model.cubes[cube_name]
+        if not cube.primary_keys:
+            raise CompileError(f"One or more Primary key is required for '{cube_name}")
+        for measure in measures:
+            reached = [c for c in member_cubes(self.model, cube_name, measure.name) if c != cube_name]
+            if reached:
+                raise CompileError(f"'{measure.path}' references cubes that lead to row multiplication. "
+                                   "Please rewrite it using sub query.")
+        pk_dimensions = [cube.dimensions[k] for k in cube.primary_keys]
+        # keys: distinct (dimensions, primary key) over the full join, with every filter.
+        key_selects = self._dimension_selects(ctx)
+        selected_paths = {d.path for d in self.m.dimensions}
+        pk_aliases = []
+        for pk in pk_dimensions:
+            pk_alias = self._alias(pk.path)
+            pk_aliases.append(pk_alias)
+            if pk.path not in selected_paths:
+                key_selects.append(exp.alias_(self.renderer.dimension_sql(pk, ctx), quoted(pk_alias), copy=False))
+        keys = self._from(exp.select(*key_selects, copy=False).distinct(copy=False), ctx)
+        keys = self._where(keys, self._where_conditions(ctx))
+        selects: list[exp.Expression] = [
+            exp.alias_(exp.column(a, table=KEYS_ALIAS, quoted=True), quoted(a), copy=False) for a in self.dimension_aliases
+        ]
+        selects += [exp.alias_(self.renderer.measure_sql(m, ctx), quoted(self._alias(m.path)), copy=False) for m in measures]
+        on_parts = [exp.EQ(this=exp.column(pk_alias, table=KEYS_ALIAS, quoted=True),
+                           expression=self.renderer.dimension_sql(pk, ctx))
+                    for pk, pk_alias in zip(pk_dimensions, pk_aliases)]
+        on = on_parts[0]
+        for part in on_parts[1:]:
+            on = exp.And(this=on, expression=part)
+        select = exp.select(*selects, copy=False).from_(
+            exp.Subquery(this=keys, alias=exp.TableAlias(this=quoted(KEYS_ALIAS))), copy=False)
+        select = select.join(self.renderer.from_item(cube_name, ctx), on=on, join_type="left", copy=False)
+        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped)

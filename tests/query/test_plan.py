@@ -1,0 +1,161 @@
+"""Planning and SQL rendering: golden SQL per dialect, bound values, and Cube's compile errors."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.trial.unittest import TestCase
+
+from cubed.errors import CompileError, UserError
+from cubed.model.registry import CompiledModel, compile_directory
+from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
+
+MODEL = Path(__file__).resolve().parent.parent / "conformance" / "model"
+
+
+def compiled(dialect: str) -> CompiledModel:
+    """Return the conformance model compiled for one dialect."""
+    return compile_directory(MODEL, lambda _ds: dialect, lambda _ds: dialect)
+
+
+GOLDEN: list[tuple[str, Query, dict[str, str], tuple[object, ...]]] = [
+    (
+        "simple count",
+        Query(measures=("Users.count",)),
+        {
+            "postgres": 'SELECT COUNT("users".id) AS "users__count" FROM public.users AS "users" LIMIT 10000',
+            "duckdb": 'SELECT COUNT("users".id) AS "users__count" FROM public.users AS "users" LIMIT 10000',
+        },
+        (),
+    ),
+    (
+        "join, time dimension in a zone, like filter with escaped wildcards",
+        Query(
+            measures=("Orders.count",), dimensions=("Users.state",),
+            time_dimensions=(TimeDimension("Orders.createdAt", "month", ("2024-01-01T00:00:00.000", "2024-03-31T23:59:59.999")),),
+            filters=(FilterCondition("Orders.status", "contains", ("comp", "50%_off")),),
+            timezone="America/Los_Angeles",
+        ),
+        {
+            "postgres": (
+                'SELECT "users".state AS "users__state", DATE_TRUNC(\'MONTH\', (CAST("orders".created_at AS TIMESTAMPTZ) '
+                'AT TIME ZONE \'America/Los_Angeles\')) AS "orders__created_at_month", COUNT("orders".id) AS "orders__count" '
+                'FROM public.orders AS "orders" LEFT JOIN public.users AS "users" ON "orders".user_id = "users".id '
+                'WHERE ("orders".created_at >= CAST($1 AS TIMESTAMPTZ) AND "orders".created_at <= CAST($2 AS TIMESTAMPTZ)) '
+                'AND ("orders".status ILIKE \'%\' || $3 || \'%\' OR "orders".status ILIKE \'%\' || $4 || \'%\') '
+                "GROUP BY 1, 2 ORDER BY 2 ASC LIMIT 10000"
+            ),
+        },
+        ("2024-01-01T08:00:00.000Z", "2024-04-01T06:59:59.999Z", "comp", "50\\%\\_off"),
+    ),
+    (
+        "fan-out: a sum over a multiplied cube goes through a keys sub-query",
+        Query(measures=("Orders.totalAmount", "LineItems.count"), dimensions=("Orders.status",)),
+        {
+            "postgres": (
+                'SELECT "q_0"."orders__status" AS "orders__status", "orders__total_amount" AS "orders__total_amount", '
+                '"line_items__count" AS "line_items__count" FROM (SELECT "main__orders".status AS "orders__status", '
+                'COUNT("main__line_items".id) AS "line_items__count" FROM public.line_items AS "main__line_items" '
+                'LEFT JOIN public.orders AS "main__orders" ON "main__line_items".order_id = "main__orders".id GROUP BY 1) AS q_0 '
+                'INNER JOIN (SELECT "keys"."orders__status" AS "orders__status", SUM("orders_key__orders".amount) AS '
+                '"orders__total_amount" FROM (SELECT DISTINCT "orders_key__orders".status AS "orders__status", '
+                '"orders_key__orders".id AS "orders__id" FROM public.line_items AS "orders_key__line_items" LEFT JOIN '
+                'public.orders AS "orders_key__orders" ON "orders_key__line_items".order_id = "orders_key__orders".id) AS "keys" '
+                'LEFT JOIN public.orders AS "orders_key__orders" ON "keys"."orders__id" = "orders_key__orders".id GROUP BY 1) AS q_1 '
+                'ON ("q_0"."orders__status" = "q_1"."orders__status" OR ("q_0"."orders__status" IS NULL AND '
+                '"q_1"."orders__status" IS NULL)) ORDER BY 2 DESC LIMIT 10000'
+            ),
+        },
+        (),
+    ),
+    (
+        "boolean expression dimension is parenthesised before comparing (Cube emits invalid SQL)",
+        Query(measures=("Products.count",), filters=(FilterCondition("Products.isExpensive", "equals", ("true",)),)),
+        {
+            "postgres": ('SELECT COUNT("products".id) AS "products__count" FROM public.products AS "products" '
+                         'WHERE (("products".price >= 300) = $1) LIMIT 10000'),
+        },
+        ("true",),
+    ),
+    (
+        "measure filters to HAVING, nested or; descending order puts NULLs first on DuckDB as on PostgreSQL",
+        Query(measures=("Users.count",), dimensions=("Users.city",),
+              filters=(FilterGroup("or", (FilterCondition("Users.count", "gt", ("20",)),
+                                          FilterCondition("Users.count", "lt", ("3",)))),),
+              order=(OrderItem("Users.city", True),), limit=5, offset=2),
+        {
+            "duckdb": ('SELECT "users".city AS "users__city", COUNT("users".id) AS "users__count" FROM public.users AS "users" '
+                       'GROUP BY 1 HAVING ((COUNT("users".id) > ?) OR (COUNT("users".id) < ?)) '
+                       "ORDER BY 1 DESC NULLS FIRST LIMIT 5 OFFSET 2"),
+        },
+        ("20", "3"),
+    ),
+]
+
+
+class GoldenSqlTests(TestCase):
+    def test_golden(self) -> None:
+        models = {d: compiled(d) for d in ("postgres", "duckdb")}
+        for title, query, expected, params in GOLDEN:
+            for dialect, sql in expected.items():
+                plan = models[dialect].plan(query)
+                self.assertEqual(plan.sql.display, sql, f"{title} [{dialect}]")
+                self.assertEqual(plan.sql.params, params, f"{title} [{dialect}]")
+
+    def test_driver_text_escapes_percent_for_psycopg2(self) -> None:
+        plan = compiled("postgres").plan(Query(measures=("Users.count",),
+                                               filters=(FilterCondition("Users.city", "startsWith", ("San",)),)))
+        self.assertIn("ILIKE %s || '%%'", plan.sql.text)
+        self.assertIn("ILIKE $1 || '%'", plan.sql.display)
+
+    def test_total_query(self) -> None:
+        plan = compiled("postgres").plan(Query(dimensions=("Products.id",), total=True, limit=5, offset=20,
+                                               order=(OrderItem("Products.id"),)))
+        assert plan.total_sql is not None
+        self.assertEqual(plan.total_sql.display,
+                         'SELECT COUNT(*) AS "total_count" FROM (SELECT "products".id AS "products__id" '
+                         'FROM public.products AS "products" GROUP BY 1) AS "original_query"')
+
+    def test_plans_are_cached_per_query(self) -> None:
+        model = compiled("duckdb")
+        query = Query(measures=("Orders.count",), dimensions=("Orders.status",))
+        self.assertIs(model.plan(query), model.plan(Query(measures=("Orders.count",), dimensions=("Orders.status",))))
+
+
+class PlanErrorTests(TestCase):
+    def setUp(self) -> None:
+        self.model = compiled("postgres")
+
+    def assertPlanError(self, query: Query, kind: type, message: str) -> None:
+        with self.assertRaises(kind) as caught:
+            self.model.plan(query)
+        self.assertEqual(str(caught.exception), message)
+
+    def test_unknown_members(self) -> None:
+        self.assertPlanError(Query(measures=("Orders.nope",)), CompileError, "'nope' not found for path 'Orders.nope'")
+        self.assertPlanError(Query(measures=("Nope.count",)), CompileError, "Cube 'Nope' not found for path 'Nope.count'")
+        self.assertPlanError(Query(measures=("Orders.status",)), CompileError, "'status' not found for path 'Orders.status'")
+        self.assertPlanError(Query(measures=("Orders.count",), segments=("Products.x",)), CompileError,
+                             "segments not defined for path 'Products.x'")
+
+    def test_no_join_path(self) -> None:
+        self.assertPlanError(Query(measures=("Orders.avgAmount", "Products.avgPrice")), CompileError,
+                             "Can't find join path to join 'Orders', 'Products'")
+
+    def test_mixing_measures_and_dimensions_in_a_group(self) -> None:
+        self.assertPlanError(
+            Query(measures=("Orders.count",), filters=(FilterGroup("or", (
+                FilterCondition("Orders.status", "equals", ("shipped",)),
+                FilterCondition("Orders.count", "gt", ("100",)))),)),
+            UserError,
+            'You cannot use dimension and measure in same condition: {"or":[{"member":"Orders.status","operator":'
+            '"equals","values":["shipped"]},{"member":"Orders.count","operator":"gt","values":["100"]}]}')
+
+    def test_ungrouped_needs_primary_keys(self) -> None:
+        self.assertPlanError(Query(measures=("Orders.count",), dimensions=("Orders.status",), ungrouped=True),
+                             CompileError,
+                             "Ungrouped query requires primary keys to be present in dimensions: 'Orders.id'. "
+                             "Pass allowUngroupedWithoutPrimaryKey option to disable this check.")
+
+    def test_empty_equals_is_a_client_error(self) -> None:
+        with self.assertRaises(UserError):
+            self.model.plan(Query(measures=("Orders.count",), filters=(FilterCondition("Orders.status", "equals", ()),)))
