@@ -122,7 +122,7 @@ class QueryPlanner:
                 leaves = list(_leaves(item))
                 kinds = {self._is_measure(leaf.member) for leaf in leaves}
                 if len(kinds) > 1:
-                    raise UserError(f"You cannot use dimension and measure in same condition: {group_json(item)}")
+                    raise CompileError(f"You cannot use dimension and measure in same condition: {group_json(item)}")
                 if kinds == {True}:
                     measure_filters.append(item)
                 else:
@@ -310,7 +310,7 @@ class _SqlBuilder:
             raise UserError(f"Invalid time zone: {self.query.timezone}")
         converted = exp.AtTimeZone(this=exp.Cast(this=paren(column), to=exp.DataType.build("timestamptz")),
                                    zone=exp.Literal.string(self.query.timezone))
-        if ctx.ungrouped or self.query.ungrouped:
+        if ctx.ungrouped:
             return exp.Paren(this=converted)
         return exp.TimestampTrunc(this=exp.Paren(this=converted), unit=exp.var(td.query.granularity))
 

@@ -146,7 +146,7 @@ class PlanErrorTests(TestCase):
             Query(measures=("Orders.count",), filters=(FilterGroup("or", (
                 FilterCondition("Orders.status", "equals", ("shipped",)),
                 FilterCondition("Orders.count", "gt", ("100",)))),)),
-            UserError,
+            CompileError,
             'You cannot use dimension and measure in same condition: {"or":[{"member":"Orders.status","operator":'
             '"equals","values":["shipped"]},{"member":"Orders.count","operator":"gt","values":["100"]}]}')
 
