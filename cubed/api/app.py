@@ -1,0 +1,239 @@
+"""The HTTP API: Klein routes on a class that receives its collaborators.
+
+Handlers are thin: request id, CORS, body limit, auth, then the Gateway; one error mapper
+turns exceptions into Cube's bodies. Every log line of a request carries its request id.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+import uuid
+from typing import Any, Awaitable, Callable, Mapping
+from urllib.parse import parse_qs
+
+from klein import Klein
+from twisted.internet import threads
+from twisted.logger import Logger
+from twisted.web.iweb import IRequest
+
+from cubed.api.auth import Authenticator
+from cubed.api.errors import error_body
+from cubed.api.gateway import Gateway, RequestContext
+from cubed.api.health import CachedProbe
+from cubed.config import Settings
+from cubed.errors import UserError
+from cubed.logs import RequestLogger
+
+REQUEST_ID_MAX = 128
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9+/=._:\-]{1,%d}$" % REQUEST_ID_MAX)
+CORS_METHODS = b"GET,HEAD,PUT,PATCH,POST,DELETE"
+# Encoding a large answer takes milliseconds; beyond this many rows it goes to a thread.
+THREADED_ENCODE_ROWS = 2000
+
+Handler = Callable[[IRequest, RequestContext], Awaitable[Any]]
+
+
+class RequestTooLarge(UserError):
+    """The body exceeds CUBEJS_MAX_REQUEST_SIZE: 413."""
+
+    status = 413
+
+
+def encode_json(body: Any) -> bytes:
+    """Return ``body`` as compact UTF-8 JSON; NaN and infinities become null as in JavaScript."""
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except ValueError:
+        return json.dumps(_without_nan(body), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def _row_count(body: Any) -> int:
+    if isinstance(body, dict):
+        data = body.get("data")
+        if isinstance(data, list):
+            return len(data)
+        results = body.get("results")
+        if isinstance(results, list):
+            return sum(_row_count(r) for r in results)
+    return 0
+
+
+class CubedApi:
+    """Cube's REST API routes for one server."""
+
+    log = Logger(namespace="cubed.api")
+
+    def __init__(self, settings: Settings, gateway: Gateway, authenticator: Authenticator,
+                 readiness: CachedProbe, liveness: CachedProbe, reactor: Any) -> None:
+        self.settings = settings
+        self.gateway = gateway
+        self.auth = authenticator
+        self.readiness = readiness
+        self.liveness = liveness
+        self.reactor = reactor
+        self.app = Klein()
+        base = settings.base_path.rstrip("/")
+        routes: list[tuple[str, tuple[str, ...], Handler]] = [
+            ("/v1/load", ("GET", "POST"), self._load),
+            ("/v1/subscribe", ("GET", "POST"), self._load),
+            ("/v1/sql", ("GET", "POST"), self._sql),
+            ("/v1/dry-run", ("GET", "POST"), self._dry_run),
+            ("/v1/meta", ("GET",), self._meta),
+        ]
+        for path, methods, handler in routes:
+            self.app.route(base + path, methods=list(methods), endpoint=f"{handler.__name__}{path}")(
+                self._wrap(handler, authenticate=True))
+        self.app.route("/readyz", methods=["GET"], endpoint="readyz")(self._probe(self.readiness))
+        self.app.route("/livez", methods=["GET"], endpoint="livez")(self._probe(self.liveness))
+        self.app.route("/", branch=True, methods=["OPTIONS"], endpoint="preflight")(self._preflight)
+        self.app.handle_errors(Exception)(self._unrouted)
+
+    def resource(self) -> Any:
+        """Return the twisted.web resource serving the API."""
+        return self.app.resource()
+
+    # -- plumbing ------------------------------------------------------------------------
+    def _request_id(self, request: IRequest) -> str:
+        raw = request.getHeader("x-request-id") or request.getHeader("traceparent")
+        if raw is None:
+            return f"{uuid.uuid4()}-span-1"
+        value = raw.split(",")[0].strip()
+        if not _REQUEST_ID.match(value):
+            raise UserError(
+                f"Request id must be at most {REQUEST_ID_MAX} characters from A-Z, a-z, 0-9, "
+                "'+', '/', '=', '.', '_', ':' and '-'"
+            )
+        return value
+
+    def _respond(self, request: IRequest, status: int, body: bytes) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json; charset=utf-8")
+        request.setHeader(b"access-control-allow-origin", b"*")
+        return body
+
+    def _wrap(self, handler: Handler, authenticate: bool) -> Callable[[IRequest], Awaitable[bytes]]:
+        async def route(request: IRequest) -> bytes:
+            started = time.monotonic()
+            status = 500
+            request_id = f"{uuid.uuid4()}-span-1"
+            log = RequestLogger(self.log, request_id)
+            try:
+                request_id = self._request_id(request)
+                log = RequestLogger(self.log, request_id)
+                security: Mapping[str, Any] = {}
+                if authenticate:
+                    header = request.getHeader("x-cube-authorization") or request.getHeader("authorization")
+                    security = self.auth.authenticate(header, log).payload
+                context = RequestContext(request_id=request_id, security_context=security, log=log)
+                body = await handler(request, context)
+                status = 200
+                if _row_count(body) > THREADED_ENCODE_ROWS:
+                    encoded = await threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), encode_json, body)
+                else:
+                    encoded = encode_json(body)
+                return self._respond(request, status, encoded)
+            except Exception as error:  # the one mapper: every failure answers in Cube's shape
+                status, body, unexpected = error_body(error, request_id, self.settings.dev_mode)
+                if unexpected:
+                    log.failure("unexpected error in {path}", path=request.path.decode("latin-1", "replace"))
+                else:
+                    log.info("{status}: {error}", status=status, error=body.get("error"))
+                return self._respond(request, status, encode_json(body))
+            finally:
+                log.info("{method} {path} {status} {duration:.1f}ms",
+                         method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
+                         status=status, duration=(time.monotonic() - started) * 1000)
+
+        return route
+
+    def _body(self, request: IRequest) -> Mapping[str, Any]:
+        """Return the JSON body of a POST (empty when there is none)."""
+        limit = self.settings.max_request_size
+        length = request.getHeader("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise RequestTooLarge(f"request entity too large: more than {limit} bytes")
+        raw = request.content.read(limit + 1) if request.content is not None else b""
+        if len(raw) > limit:
+            raise RequestTooLarge(f"request entity too large: more than {limit} bytes")
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise UserError(f"Unable to decode request body as JSON, error: {error}") from None
+        if not isinstance(body, dict):
+            raise UserError("Request body must be a JSON object")
+        return body
+
+    def _args(self, request: IRequest) -> dict[str, str]:
+        query = request.uri.split(b"?", 1)[1] if b"?" in request.uri else b""
+        parsed = parse_qs(query.decode("utf-8", "replace"), keep_blank_values=True)
+        return {k: v[0] for k, v in parsed.items()}
+
+    def _input(self, request: IRequest) -> tuple[Any, str | None]:
+        """Return the raw ``query`` and ``queryType`` of a request, from the body or the URL."""
+        if request.method == b"POST":
+            body = self._body(request)
+            query_type = body.get("queryType")
+            return body.get("query"), str(query_type) if query_type is not None else None
+        args = self._args(request)
+        return args.get("query"), args.get("queryType")
+
+    # -- routes --------------------------------------------------------------------------
+    async def _load(self, request: IRequest, context: RequestContext) -> Any:
+        raw, query_type = self._input(request)
+        return await self.gateway.load(raw, query_type, context)
+
+    async def _sql(self, request: IRequest, context: RequestContext) -> Any:
+        raw, _query_type = self._input(request)
+        return self.gateway.sql(raw, context)
+
+    async def _dry_run(self, request: IRequest, context: RequestContext) -> Any:
+        raw, _query_type = self._input(request)
+        return self.gateway.dry_run(raw, context)
+
+    async def _meta(self, request: IRequest, context: RequestContext) -> Any:
+        return self.gateway.meta(context)
+
+    def _probe(self, probe: CachedProbe) -> Callable[[IRequest], Awaitable[bytes]]:
+        async def route(request: IRequest) -> bytes:
+            healthy = await probe.healthy()
+            body = {"health": "HEALTH" if healthy else "DOWN"}
+            return self._respond(request, 200 if healthy else 500, encode_json(body))
+
+        return route
+
+    def _preflight(self, request: IRequest) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"access-control-allow-origin", b"*")
+        request.setHeader(b"access-control-allow-methods", CORS_METHODS)
+        asked = request.getHeader(b"access-control-request-headers")
+        if asked:
+            request.setHeader(b"access-control-allow-headers", asked)
+            request.setHeader(b"vary", b"Access-Control-Request-Headers")
+        request.setHeader(b"access-control-max-age", b"86400")
+        request.setHeader(b"content-length", b"0")
+        return b""
+
+    def _unrouted(self, request: IRequest, failure: Any) -> bytes:
+        from werkzeug.exceptions import HTTPException
+
+        error = failure.value
+        if isinstance(error, HTTPException):
+            status = error.code or 500
+            message = "Not Found" if status == 404 else (error.name or "Error")
+            return self._respond(request, status, encode_json({"error": message}))
+        self.log.failure("unhandled error", failure=failure)
+        return self._respond(request, 500, encode_json({"error": "Error: Internal Server Error"}))

@@ -1,0 +1,184 @@
+"""What the data routes do, apart from HTTP: parse -> plan -> run -> shape Cube's answer.
+
+The HTTP layer (cubed/api/app.py) hands in the raw ``query`` value and the caller's
+security context and gets back the JSON-ready body, or a CubedError.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from twisted.internet.defer import FirstError, ensureDeferred, gatherResults
+from twisted.python.failure import Failure
+
+from cubed.config import Settings
+from cubed.drivers.base import ResultSet
+from cubed.errors import UserError
+from cubed.logs import RequestLogger
+from cubed.model.registry import CompiledModel, ModelRegistry
+from cubed.orchestrator.runner import QueryRunner
+from cubed.query.plan import QueryPlan
+from cubed.query.request import expand_query, parse_query_param, pivot_query, unsupported_query_type_message
+from cubed.query.results import annotation_for, format_data
+from cubed.query.types import Query
+
+REGULAR = "regularQuery"
+
+
+@dataclass(frozen=True)
+class RequestContext:
+    """Who is asking and how to log it."""
+
+    request_id: str
+    security_context: Mapping[str, Any]
+    log: RequestLogger
+
+
+class Gateway:
+    """The data API: ``load``, ``sql``, ``dry_run``, ``meta``."""
+
+    def __init__(self, settings: Settings, registry: ModelRegistry, runner: QueryRunner) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runner = runner
+
+    @property
+    def show_hidden(self) -> bool:
+        """Return whether hidden members are shown (dev mode, as Cube does)."""
+        return self.settings.dev_mode
+
+    def _normalized(self, raw: Any) -> tuple[str, list[Query]]:
+        return expand_query(parse_query_param(raw), self.settings)
+
+    def _plans(self, queries: list[Query]) -> tuple[CompiledModel, list[QueryPlan]]:
+        compiled = self.registry.current
+        return compiled, [compiled.plan(q) for q in queries]
+
+    async def load(self, raw: Any, query_type_param: str | None, context: RequestContext) -> dict[str, Any]:
+        """Return the ``/v1/load`` body for a raw query (object, array, or JSON text)."""
+        query_type, queries = self._normalized(raw)
+        compiled, plans = self._plans(queries)
+        context.log.debug("load: {count} quer{y}, type {query_type}", count=len(plans),
+                          y="y" if len(plans) == 1 else "ies", query_type=query_type)
+        results = await gatherResults([self._result(compiled, plan, query_type, context) for plan in plans],
+                                      consumeErrors=True).addErrback(_first_error)
+        if query_type != REGULAR and query_type_param is None:
+            raise UserError(unsupported_query_type_message(query_type))
+        if query_type_param == "multi":
+            pivot = pivot_query(query_type, queries)
+            if query_type != "blendingQuery":
+                # Cube builds the pivot query by mutating the first normalized query, so the
+                # first result echoes it; clients rely on neither, but keep the wire identical.
+                results[0] = dict(results[0], query=pivot)
+            return {"queryType": query_type, "results": results, "pivotQuery": pivot, "slowQuery": False}
+        return results[0]
+
+    def _result(self, compiled: CompiledModel, plan: QueryPlan, query_type: str, context: RequestContext) -> Any:
+        return ensureDeferred(self._run_one(compiled, plan, query_type, context))
+
+    async def _run_one(self, compiled: CompiledModel, plan: QueryPlan, query_type: str,
+                       context: RequestContext) -> dict[str, Any]:
+        runs = [self.runner.execute(plan.data_source, plan.sql, name="load")]
+        if plan.total_sql is not None:
+            runs.append(self.runner.execute(plan.data_source, plan.total_sql, name="total"))
+        results: list[ResultSet] = await gatherResults(runs, consumeErrors=True).addErrback(_first_error)
+        refreshed = datetime.now(timezone.utc)
+        query = plan.query
+        annotation = annotation_for(query, compiled.meta, self.show_hidden)
+        data = format_data(plan, results[0].rows, annotation, query_type, query.response_format)
+        body: dict[str, Any] = {
+            "query": query.echo,
+            "data": data,
+            "lastRefreshTime": refreshed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{refreshed.microsecond // 1000:03d}Z",
+        }
+        if self.settings.dev_mode:
+            body.update({"refreshKeyValues": [], "usedPreAggregations": {},
+                         "transformedQuery": None, "requestId": context.request_id})
+        total = None
+        if plan.total_sql is not None:
+            rows = results[1].rows
+            total = int(rows[0][0]) if rows else 0
+        body.update({
+            "annotation": annotation,
+            "dataSource": plan.data_source,
+            "dbType": plan.db_type,
+            "external": False,
+            "slowQuery": False,
+            "total": total if query.total else None,
+        })
+        return body
+
+    def sql(self, raw: Any, context: RequestContext) -> Any:
+        """Return the ``/v1/sql`` body: the SQL and what it means, without running it."""
+        query_type, queries = self._normalized(raw)
+        _compiled, plans = self._plans(queries)
+        bodies = [{"sql": self._sql_description(plan)} for plan in plans]
+        return bodies[0] if query_type == REGULAR else bodies
+
+    def _sql_description(self, plan: QueryPlan) -> dict[str, Any]:
+        return {
+            "sql": [plan.sql.display, list(plan.sql.params)],
+            "timeDimensionAlias": plan.time_dimension_alias,
+            "timeDimensionField": plan.time_dimension_field,
+            "order": {item.id: "desc" if item.desc else "asc" for item in plan.order},
+            "cacheKeyQueries": self._cache_key_queries(plan),
+            "preAggregations": [],
+            "dataSource": plan.data_source,
+            "aliasNameToMember": plan.alias_to_member,
+            "external": False,
+        }
+
+    def _cache_key_queries(self, plan: QueryPlan) -> list[Any]:
+        """Return Cube's refresh-key description per cube of the query (the default
+        ``every: 10 seconds`` key unless a cube defines its own)."""
+        compiled = self.registry.current
+        entries: list[Any] = []
+        for cube_name in plan.cubes:
+            cube = compiled.model.cubes[cube_name]
+            refresh = cube.refresh_key or {}
+            if isinstance(refresh, Mapping) and refresh.get("sql"):
+                threshold = _interval_seconds(str(refresh["every"])) if refresh.get("every") else 10
+                entries.append([str(refresh["sql"]), [], {"external": False, "renewalThreshold": threshold}])
+                continue
+            seconds = _interval_seconds(str(refresh.get("every"))) if isinstance(refresh, Mapping) and refresh.get("every") else 10
+            threshold = 10 if not refresh else max(1, min(300, round(seconds / 10)))
+            entries.append([f"SELECT FLOOR((EXTRACT(EPOCH FROM NOW())) / {seconds}) as refresh_key", [],
+                            {"external": False, "renewalThreshold": threshold}])
+        return entries
+
+    def dry_run(self, raw: Any, context: RequestContext) -> dict[str, Any]:
+        """Return the ``/v1/dry-run`` body: normalized queries, their order, the pivot query."""
+        query_type, queries = self._normalized(raw)
+        _compiled, plans = self._plans(queries)
+        return {
+            "queryType": query_type,
+            "normalizedQueries": [q.echo for q in queries],
+            "queryOrder": [{item.id: "desc" if item.desc else "asc" for item in plan.order} for plan in plans],
+            "transformedQueries": [None for _ in plans],
+            "pivotQuery": pivot_query(query_type, queries),
+        }
+
+    def meta(self, context: RequestContext) -> dict[str, Any]:
+        """Return the ``/v1/meta`` body."""
+        return self.registry.current.meta.meta_response(self.show_hidden)
+
+
+def _first_error(failure: Failure) -> Failure:
+    """Unwrap gatherResults' FirstError so the original error reaches the error mapper."""
+    if failure.check(FirstError):
+        return failure.value.subFailure
+    return failure
+
+
+_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def _interval_seconds(text: str) -> int:
+    """Return the seconds of an ``N unit(s)`` interval (Cube's refresh_key ``every``)."""
+    parts = text.strip().split()
+    if len(parts) == 2 and parts[0].isdigit():
+        unit = parts[1].lower().rstrip("s")
+        if unit in _UNITS:
+            return int(parts[0]) * _UNITS[unit]
+    return 10

@@ -1,0 +1,170 @@
+"""``twistd cubed``: options, and makeService, which builds every part once and wires them.
+
+Start-up fails fast with one line on a bad setting or a broken model; the reactor is not
+running yet, so loading the model synchronously here is fine. Stop order (OrderedService):
+stop listening, drain in-flight requests, then close the database pools.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from twisted.application import service, strports
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.logger import Logger
+from twisted.python import usage
+
+from cubed.errors import ConfigError, ModelError
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd cubed``; they win over the environment and ``.env``."""
+
+    synopsis = "[--port PORT] [--project-dir DIR] [--demo]"
+    optParameters = [
+        ["port", "p", None, "Port number or endpoint to listen on (default: $PORT or 4000)."],
+        ["listen", None, None, "Full endpoint description, e.g. systemd:domain=INET:index=0."],
+        ["project-dir", "d", None, "Project directory holding the model, .env and cube.py (default: .)."],
+    ]
+    optFlags = [
+        ["demo", None, "Serve the bundled demo shop on DuckDB, in dev mode."],
+        ["dev", None, "Dev mode (same as CUBEJS_DEV_MODE=true)."],
+    ]
+
+    def postOptions(self) -> None:
+        """Make twistd log through cubed's observer (text or JSON lines with request ids)."""
+        from cubed.logs import install_for_twistd
+
+        install_for_twistd(self)
+
+
+class BackendsService(service.Service):
+    """Opens the data source drivers on start and closes them on stop."""
+
+    name = "backends"
+    log = Logger()
+
+    def __init__(self, drivers: Mapping[str, Any]) -> None:
+        self.drivers = dict(drivers)
+        self._starts: list[Deferred[Any]] = []
+
+    def startService(self) -> None:
+        """Start every driver; failures are logged (queries answer 503 until it recovers)."""
+        super().startService()
+        for name, driver in self.drivers.items():
+            d = maybeDeferred(driver.start)
+            d.addErrback(lambda f, n=name: self.log.warn("data source {name} not reachable at start: {error}",
+                                                         name=n, error=f.getErrorMessage()))
+            self._starts.append(d)
+
+    def started(self) -> Deferred[Any]:
+        """Return a Deferred firing once every driver's start attempt has finished."""
+        return DeferredList(list(self._starts), consumeErrors=True)
+
+    def stopService(self) -> Any:
+        """Return a Deferred firing once every driver is closed."""
+        super().stopService()
+        return DeferredList([maybeDeferred(d.close) for d in self.drivers.values()], consumeErrors=True)
+
+
+def _environment(options: Mapping[str, Any]) -> dict[str, str]:
+    environ = dict(os.environ)
+    if options.get("demo"):
+        from cubed.demo import demo_model_dir
+
+        environ["CUBEJS_DEV_MODE"] = "true"
+        environ.setdefault("CUBEJS_DB_TYPE", "duckdb")
+        environ.setdefault("CUBEJS_DB_DUCKDB_DATABASE_PATH", str(Path("var/demo.duckdb").resolve()))
+        environ["CUBEJS_SCHEMA_PATH"] = str(demo_model_dir())
+    return environ
+
+
+@dataclass
+class CubedServer:
+    """Every part of one server, built once: the root service (backends, and listeners once
+    added), the site, the API and what it runs on."""
+
+    settings: Any
+    root: Any
+    site: Any
+    api: Any
+    registry: Any
+    runner: Any
+    drivers: dict[str, Any]
+    backends: BackendsService
+
+
+def build_server(settings: Any, reactor: Any) -> CubedServer:
+    """Return a CubedServer for ``settings`` with its model loaded; nothing listens yet.
+
+    Raises ConfigError or ModelError when the settings or the model are broken.
+    """
+    from cubed.api.app import CubedApi
+    from cubed.api.auth import Authenticator
+    from cubed.api.draining import DrainingSite, OrderedService
+    from cubed.api.gateway import Gateway
+    from cubed.api.health import CachedProbe
+    from cubed.drivers.factory import make_driver
+    from cubed.model.registry import ModelRegistry
+    from cubed.orchestrator.runner import QueryRunner
+
+    drivers = {ds.name: make_driver(ds, reactor) for ds in settings.data_sources}
+    registry = ModelRegistry(settings.resolved_schema_path,
+                             lambda name: drivers[name].dialect, lambda name: drivers[name].db_type, reactor)
+    registry.load_now()
+    runner = QueryRunner(drivers, {ds.name: ds.concurrency for ds in settings.data_sources})
+    default_driver = drivers[settings.default_data_source.name]
+
+    async def ready() -> None:
+        await default_driver.test_connection()
+
+    async def live() -> None:
+        for driver in drivers.values():
+            await driver.test_connection()
+
+    api = CubedApi(
+        settings=settings,
+        gateway=Gateway(settings, registry, runner),
+        authenticator=Authenticator(settings),
+        readiness=CachedProbe("readiness", ready, reactor),
+        liveness=CachedProbe("liveness", live, reactor),
+        reactor=reactor,
+    )
+    site = DrainingSite(api.resource())
+    site.displayTracebacks = False
+    # cubed logs one line per request itself (with the request id); no second access log.
+    site.log = lambda request: None
+    root = OrderedService(site=site)
+    root.setName("cubed")
+    backends = BackendsService(drivers)
+    backends.setServiceParent(root)
+    return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
+                       runner=runner, drivers=drivers, backends=backends)
+
+
+def makeService(options: Mapping[str, Any]) -> service.IService:
+    """Return the root service of a cubed server, built from options, environment and ``.env``."""
+    from twisted.internet import reactor
+
+    from cubed.config import load_settings
+
+    try:
+        settings = load_settings(_environment(options), options.get("project-dir"), options)
+        if options.get("demo"):
+            from cubed.demo import build_demo_database
+
+            path = settings.default_data_source.duckdb_path
+            assert path is not None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_demo_database(path)
+        server = build_server(settings, reactor)
+    except (ConfigError, ModelError) as error:
+        raise SystemExit(f"cubed: {error}") from None
+    listener = strports.service(settings.listen, server.site)
+    listener.setName("http")
+    server.root.add_listener(listener)
+    Logger().info("cubed serving {model} on {listen} ({mode})", model=str(settings.resolved_schema_path),
+                  listen=settings.listen, mode="dev mode" if settings.dev_mode else "production")
+    return server.root
