@@ -42,6 +42,7 @@ class RenderContext:
     prefix: str | None = None
     ungrouped: bool = False
     rendered: Mapping[str, str] = field(default_factory=dict)
+    granularity_override: str | None = None
 
     def with_prefix(self, prefix: str | None) -> "RenderContext":
         """Return this context with another alias prefix."""

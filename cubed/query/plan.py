@@ -19,7 +19,8 @@ from sqlglot import exp
 from cubed.errors import CompileError, UserError
 from cubed.model.joins import JoinGraph, JoinTree
 from cubed.model.meta import alias_name
-from cubed.model.schema import Dimension, Measure, Model, Segment
+from cubed.model.schema import ADDITIVE_MEASURE_TYPES, Dimension, Measure, Model, Segment
+from cubed.query import dates
 from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
 from cubed.query.members import MemberRenderer, RenderContext, member_cubes, paren, quoted
 from cubed.query.sql import RenderedSql, render_sql
@@ -85,6 +86,16 @@ class _Members:
     time_dimensions: list[_TimeDim]
     dimension_filters: list[Any]  # FilterCondition | FilterGroup on dimensions/segments
     measure_filters: list[Any]    # on measures (HAVING)
+
+
+@dataclass
+class _Classified:
+    """The measures a query computes, by how they are computed."""
+
+    regular: list[Measure]
+    multiplied: dict[str, list[Measure]]
+    cumulative: list[tuple[Measure, bool]]
+    composite: list[Measure]
 
 
 class QueryPlanner:
@@ -302,22 +313,29 @@ class _SqlBuilder:
     def _time_alias(self, td: _TimeDim) -> str:
         return f"{self._alias(td.dimension.path)}_{td.query.granularity}"
 
-    def _time_sql(self, td: _TimeDim, ctx: RenderContext) -> exp.Expression:
-        column = self.renderer.dimension_sql(td.dimension, ctx)
+    def _in_query_zone(self, value: exp.Expression) -> exp.Expression:
+        """Return ``value`` (a UTC instant) as local time in the query's zone."""
         # The zone is inlined as Cube does (it counts in /v1/sql's params otherwise); it is
         # safe as a literal only because it was checked against the IANA database.
         if self.query.timezone not in IANA_ZONES:
             raise UserError(f"Invalid time zone: {self.query.timezone}")
-        converted = exp.AtTimeZone(this=exp.Cast(this=paren(column), to=exp.DataType.build("timestamptz")),
-                                   zone=exp.Literal.string(self.query.timezone))
-        if ctx.ungrouped:
-            return exp.Paren(this=converted)
-        return exp.TimestampTrunc(this=exp.Paren(this=converted), unit=exp.var(td.query.granularity))
+        return exp.Paren(this=exp.AtTimeZone(this=exp.Cast(this=paren(value), to=exp.DataType.build("timestamptz")),
+                                             zone=exp.Literal.string(self.query.timezone)))
 
-    def _where_conditions(self, ctx: RenderContext) -> list[exp.Expression]:
+    def _converted(self, td: _TimeDim, ctx: RenderContext) -> exp.Expression:
+        return self._in_query_zone(self.renderer.dimension_sql(td.dimension, ctx))
+
+    def _time_sql(self, td: _TimeDim, ctx: RenderContext) -> exp.Expression:
+        converted = self._converted(td, ctx)
+        if ctx.ungrouped:
+            return converted
+        granularity = ctx.granularity_override or td.query.granularity
+        return exp.TimestampTrunc(this=converted, unit=exp.var(granularity))
+
+    def _where_conditions(self, ctx: RenderContext, time_ranges: bool = True) -> list[exp.Expression]:
         conditions: list[exp.Expression] = []
         for td in self.m.time_dimensions:
-            if td.query.date_range:
+            if td.query.date_range and time_ranges:
                 column = self.renderer.dimension_sql(td.dimension, ctx)
                 conditions.append(self.filters.range(column, td.query.date_range, td.dimension.field_type == "string"))
         for segment in self.m.segments:
@@ -416,10 +434,10 @@ class _SqlBuilder:
     # -- query shapes --------------------------------------------------------------------
     def build(self) -> exp.Select:
         """Return the SELECT tree for the query."""
-        regular, multiplied, composite = self._classify_measures()
-        if not multiplied and not any(m.cumulative for m in self._all_leaf_measures(regular)):
+        measures = self._classify_measures()
+        if not measures.multiplied and not measures.cumulative:
             return self._simple_query()
-        return self._full_key_query(regular, multiplied, composite)
+        return self._full_key_query(measures)
 
     def _simple_query(self) -> exp.Select:
         ctx = RenderContext()
@@ -435,13 +453,11 @@ class _SqlBuilder:
             select = select.having(combine("and", having), copy=False)
         return self._order_limit(select)
 
-    def _all_leaf_measures(self, measures: list[Measure]) -> list[Measure]:
-        return measures
-
-    def _classify_measures(self) -> tuple[list[Measure], dict[str, list[Measure]], list[Measure]]:
+    def _classify_measures(self) -> "_Classified":
         """Split the measures to compute (query measures and measure-filter measures) into
-        regular ones, multiplied ones per cube, and composite ones computed in the outer
-        query from their parts (Cube's ``collectRootMeasureToHieararchy``)."""
+        regular ones, multiplied ones per cube, cumulative ones (with their multiplied flag),
+        and composite ones computed in the outer query from their parts (Cube's
+        ``collectRootMeasureToHieararchy``)."""
         roots: list[Measure] = list(self.m.measures)
         for item in self.m.measure_filters:
             for leaf in _leaves(item):
@@ -450,13 +466,15 @@ class _SqlBuilder:
                     roots.append(measure)
         regular: list[Measure] = []
         multiplied: dict[str, list[Measure]] = {}
+        cumulative: list[tuple[Measure, bool]] = []
         composite: list[Measure] = []
 
         def place(measure: Measure) -> None:
             if measure.cumulative:
-                raise CompileError(f"Measure {measure.path} is a rolling window / running total measure, "
-                                   "which is not supported yet")
-            if self.renderer.is_multiplied(measure):
+                entry = (measure, self.renderer.is_multiplied(measure))
+                if entry not in cumulative:
+                    cumulative.append(entry)
+            elif self.renderer.is_multiplied(measure):
                 bucket = multiplied.setdefault(measure.cube, [])
                 if measure not in bucket:
                     bucket.append(measure)
@@ -471,7 +489,7 @@ class _SqlBuilder:
                 composite.append(root)
                 for part in parts:
                     place(part)
-        return regular, multiplied, composite
+        return _Classified(regular, multiplied, cumulative, composite)
 
     def _measure(self, path: str) -> Measure:
         cube_name, _, name = path.partition(".")
@@ -500,33 +518,36 @@ class _SqlBuilder:
         walk(root, (root.path,))
         return parts if is_composite else None
 
-    def _full_key_query(self, regular: list[Measure], multiplied: dict[str, list[Measure]],
-                        composite: list[Measure]) -> exp.Select:
+    def _full_key_query(self, measures: "_Classified") -> exp.Select:
+        regular, multiplied, composite = measures.regular, measures.multiplied, measures.composite
         subqueries: list[exp.Select] = []
         computed: dict[str, str] = {}
         multiplied_cubes = sorted(multiplied)
         regular_cubes = sorted({m.cube for m in regular})
-        if regular and multiplied and regular_cubes == multiplied_cubes:
+        if regular and multiplied and not measures.cumulative and regular_cubes == multiplied_cubes:
             # Cube: when both sets involve the same cubes, one scan per cube is cheaper.
             merged: dict[str, list[Measure]] = {}
             order = {m.path: i for i, m in enumerate(self.m.measures)}
             for measure in sorted(regular + [m for ms in multiplied.values() for m in ms],
                                   key=lambda m: order.get(m.path, len(order))):
                 merged.setdefault(measure.cube, []).append(measure)
-            for cube_name, measures in merged.items():
-                subqueries.append(self._aggregate_subquery(cube_name, measures, f"{cube_name}_key"))
-                computed.update({m.path: self._alias(m.path) for m in measures})
+            for cube_name, cube_measures in merged.items():
+                subqueries.append(self._aggregate_subquery(cube_name, cube_measures, f"{cube_name}_key"))
+                computed.update({m.path: self._alias(m.path) for m in cube_measures})
         else:
             if regular:
                 subqueries.append(self._regular_subquery(regular))
                 computed.update({m.path: self._alias(m.path) for m in regular})
-            for cube_name, measures in multiplied.items():
+            for cube_name, cube_measures in multiplied.items():
                 prefix = f"{alias_name(cube_name)}_key"
-                subqueries.append(self._aggregate_subquery(cube_name, measures, prefix))
-                computed.update({m.path: self._alias(m.path) for m in measures})
+                subqueries.append(self._aggregate_subquery(cube_name, cube_measures, prefix))
+                computed.update({m.path: self._alias(m.path) for m in cube_measures})
+        for measure, is_multiplied in measures.cumulative:
+            subqueries.append(self._cumulative_subquery(measure, is_multiplied))
+            computed[measure.path] = self._alias(measure.path)
 
         has_measure_filters = bool(self.m.measure_filters)
-        if len(subqueries) == 1 and not has_measure_filters and not composite:
+        if len(subqueries) == 1 and not has_measure_filters and not composite and not measures.cumulative:
             return self._order_limit(subqueries[0])
 
         outer_ctx = RenderContext(rendered=computed)
@@ -559,16 +580,19 @@ class _SqlBuilder:
         select = self._where(select, outer_filters)
         return self._order_limit(select)
 
-    def _regular_subquery(self, measures: list[Measure]) -> exp.Select:
-        ctx = RenderContext(prefix="main")
+    def _regular_subquery(self, measures: list[Measure], ctx: RenderContext | None = None,
+                          conditions: list[exp.Expression] | None = None) -> exp.Select:
+        ctx = ctx or RenderContext(prefix="main")
         selects = self._dimension_selects(ctx)
         selects += [exp.alias_(self.renderer.measure_sql(m, ctx), quoted(self._alias(m.path)), copy=False) for m in measures]
         select = self._from(exp.select(*selects, copy=False), ctx)
-        select = self._where(select, self._where_conditions(ctx))
-        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped)
+        select = self._where(select, self._where_conditions(ctx) if conditions is None else conditions)
+        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped or ctx.ungrouped)
 
-    def _aggregate_subquery(self, cube_name: str, measures: list[Measure], prefix: str) -> exp.Select:
-        ctx = RenderContext(prefix=prefix)
+    def _aggregate_subquery(self, cube_name: str, measures: list[Measure], prefix: str,
+                            ctx: RenderContext | None = None,
+                            conditions: list[exp.Expression] | None = None) -> exp.Select:
+        ctx = ctx or RenderContext(prefix=prefix)
         cube = self.model.cubes[cube_name]
         if not cube.primary_keys:
             raise CompileError(f"One or more Primary key is required for '{cube_name}")
@@ -588,7 +612,7 @@ class _SqlBuilder:
             if pk.path not in selected_paths:
                 key_selects.append(exp.alias_(self.renderer.dimension_sql(pk, ctx), quoted(pk_alias), copy=False))
         keys = self._from(exp.select(*key_selects, copy=False).distinct(copy=False), ctx)
-        keys = self._where(keys, self._where_conditions(ctx))
+        keys = self._where(keys, self._where_conditions(ctx) if conditions is None else conditions)
         selects: list[exp.Expression] = [
             exp.alias_(exp.column(a, table=KEYS_ALIAS, quoted=True), quoted(a), copy=False) for a in self.dimension_aliases
         ]
@@ -602,4 +626,183 @@ class _SqlBuilder:
         select = exp.select(*selects, copy=False).from_(
             exp.Subquery(this=keys, alias=exp.TableAlias(this=quoted(KEYS_ALIAS))), copy=False)
         select = select.join(self.renderer.from_item(cube_name, ctx), on=on, join_type="left", copy=False)
-        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped)
+        return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped or ctx.ungrouped)
+
+    # -- cumulative measures (running_total, rolling_window) -----------------------------
+    def _cumulative_subquery(self, measure: Measure, multiplied: bool) -> exp.Select:
+        """Return the sub-query of one cumulative measure: a date series per granular time
+        dimension LEFT JOINed to the measure grouped at the finer of the window and query
+        granularities, then re-aggregated per series period (Cube's overTimeSeriesQuery)."""
+        prefix = f"{alias_name(measure.path.replace('.', '_'))}_cumulative"
+        ctx = RenderContext(prefix=prefix)
+        granular = [td for td in self.m.time_dimensions if td.query.granularity]
+        window = measure.rolling_window or {}
+
+        def base_query(base_ctx: RenderContext, conditions: list[exp.Expression]) -> exp.Select:
+            if multiplied:
+                return self._aggregate_subquery(measure.cube, [measure], prefix, base_ctx, conditions)
+            return self._regular_subquery([measure], base_ctx, conditions)
+
+        conditions = self._where_conditions(ctx, time_ranges=False)
+        for td in self.m.time_dimensions:
+            date_range = self._series_range(td)
+            field = self._converted(td, ctx)
+            series = dates.time_series(date_range[0], date_range[1], td.query.granularity) if td.query.granularity \
+                else [date_range]
+            start_to_end = bool(granular)
+            utc_from = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[0], self.query.timezone))  # noqa: E731
+            utc_to = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[1], self.query.timezone))  # noqa: E731
+            if start_to_end:
+                date_from = lambda s=series: exp.Cast(this=self.params.allocate(s[0][0]), to=exp.DataType.build("timestamp"))  # noqa: E731
+                date_to = lambda s=series: exp.Cast(this=self.params.allocate(s[-1][1]), to=exp.DataType.build("timestamp"))  # noqa: E731
+            else:
+                date_from = lambda f=utc_from: self._in_query_zone(f())  # noqa: E731
+                date_to = lambda f=utc_to: self._in_query_zone(f())  # noqa: E731
+            conditions.append(self._window_condition(
+                measure, window, date_from, date_to, field,
+                lambda f=utc_from: self._in_query_zone(f()), start_to_end))
+        if not granular:
+            return base_query(ctx, conditions)
+
+        ungroup = bool(measure.rolling_window) and measure.type not in ADDITIVE_MEASURE_TYPES
+        override = None if ungroup else min_granularity(window_granularity(window), granular[0].query.granularity)
+        base = base_query(RenderContext(prefix=prefix, ungrouped=ungroup, granularity_override=override), conditions)
+        base_alias = alias_name(f"{prefix}__base")
+        selects: list[exp.Expression] = [exp.column(self._alias(d.path), quoted=True) for d in self.m.dimensions]
+        on_parts: list[exp.Expression] = []
+        select_from: list[exp.Expression] = []
+        for td in granular:
+            series_alias = f"{td.dimension.path}_series"
+            date_range = self._series_range(td)
+            select_from.append(self._series_table(td, series_alias))
+            selects.append(exp.alias_(exp.column("date_from", table=series_alias, quoted=True), quoted(self._time_alias(td)), copy=False))
+            on_parts.append(self._window_condition(
+                measure, window,
+                lambda a=series_alias: exp.column("date_from", table=a, quoted=True),
+                lambda a=series_alias: exp.column("date_to", table=a, quoted=True),
+                exp.column(self._time_alias(td), table=base_alias, quoted=True),
+                lambda r=date_range: exp.Literal.string(r[0]), False))
+        column = exp.column(self._alias(measure.path), table=base_alias, quoted=True)
+        selects.append(exp.alias_(self._reaggregate(measure, column, ungroup), quoted(self._alias(measure.path)), copy=False))
+        select = exp.select(*selects, copy=False).from_(select_from[0], copy=False)
+        for extra in select_from[1:]:
+            select = select.join(extra, join_type="cross", copy=False)
+        on = on_parts[0]
+        for part in on_parts[1:]:
+            on = exp.And(this=on, expression=part)
+        select = select.join(exp.Subquery(this=base, alias=exp.TableAlias(this=quoted(base_alias))),
+                             on=on, join_type="left", copy=False)
+        return self._group_by(select, len(self.m.dimensions) + len(granular), False)
+
+    def _series_range(self, td: _TimeDim) -> tuple[str, str]:
+        if not td.query.date_range:
+            raise CompileError("Time series queries without dateRange aren't supported")
+        return td.query.date_range
+
+    def _series_table(self, td: _TimeDim, alias: str) -> exp.Expression:
+        assert td.query.granularity and td.query.date_range
+        periods = dates.time_series(td.query.date_range[0], td.query.date_range[1], td.query.granularity)
+        values = exp.Values(
+            expressions=[exp.Tuple(expressions=[exp.Literal.string(a), exp.Literal.string(b)]) for a, b in periods],
+            alias=exp.TableAlias(this=exp.to_identifier("dates"),
+                                 columns=[exp.to_identifier("date_from"), exp.to_identifier("date_to")]))
+        inner = exp.select(
+            exp.alias_(exp.Cast(this=exp.column("date_from"), to=exp.DataType.build("timestamp")), quoted("date_from"), copy=False),
+            exp.alias_(exp.Cast(this=exp.column("date_to"), to=exp.DataType.build("timestamp")), quoted("date_to"), copy=False),
+            copy=False).from_(values, copy=False)
+        return exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted(alias)))
+
+    def _window_condition(self, measure: Measure, window: Any, date_from: Any, date_to: Any,
+                          field: exp.Expression, dimension_from: Any, start_to_end: bool) -> exp.Expression:
+        """Return Cube's date join condition of a cumulative measure; the date arguments are
+        thunks so that only the bounds the condition uses allocate parameters."""
+        if measure.type == "running_total" and not measure.rolling_window:
+            return exp.And(this=exp.GTE(this=field.copy(), expression=dimension_from()),
+                           expression=exp.LTE(this=field.copy(), expression=date_to()))
+        trailing, leading = window.get("trailing"), window.get("leading")
+        offset = window.get("offset") or "end"
+        conditions: list[exp.Expression] = []
+        if trailing != "unbounded":
+            start = date_from() if (start_to_end or offset == "start") else date_to()
+            if trailing:
+                start = exp.Sub(this=start, expression=exp.Interval(this=exp.Literal.string(str(trailing))))
+            node = exp.GTE if offset == "start" else exp.GT
+            conditions.append(node(this=field.copy(), expression=start))
+        if leading != "unbounded":
+            end = date_to() if (start_to_end or offset == "end") else date_from()
+            if leading:
+                end = exp.Add(this=end, expression=exp.Interval(this=exp.Literal.string(str(leading))))
+            node = exp.LTE if offset == "end" else exp.LT
+            conditions.append(node(this=field.copy(), expression=end))
+        if not conditions:
+            return exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(1))
+        result = conditions[0]
+        for extra in conditions[1:]:
+            result = exp.And(this=result, expression=extra)
+        return result
+
+    def _reaggregate(self, measure: Measure, column: exp.Expression, ungrouped: bool) -> exp.Expression:
+        """Return the aggregate over per-period values of a cumulative measure."""
+        if ungrouped:
+            if measure.type == "count_distinct":
+                return exp.Count(this=exp.Distinct(expressions=[column]))
+            if measure.type in ("avg", "sum", "min", "max", "count"):
+                return {"avg": exp.Avg, "sum": exp.Sum, "min": exp.Min, "max": exp.Max, "count": exp.Count}[measure.type](this=column)
+            return column
+        if measure.type in ("count", "sum", "running_total"):
+            return exp.Sum(this=column)
+        if measure.type in ("min", "max"):
+            return (exp.Min if measure.type == "min" else exp.Max)(this=column)
+        raise CompileError(f"Measure {measure.path} of type {measure.type} can't be aggregated over a time series")
+
+
+_GRANULARITY_PARENTS = {
+    "year": ["year", "quarter", "month", "month", "day", "hour", "minute", "second"],
+    "quarter": ["quarter", "month", "day", "hour", "minute", "second"],
+    "month": ["month", "day", "hour", "minute", "second"],
+    "week": ["week", "day", "hour", "minute", "second"],
+    "day": ["day", "hour", "minute", "second"],
+    "hour": ["hour", "minute", "second"],
+    "minute": ["minute", "second"],
+    "second": ["second"],
+}
+
+
+def min_granularity(a: str | None, b: str | None) -> str | None:
+    """Return the finest granularity both ``a`` and ``b`` can be rolled up from (Cube's
+    ``minGranularity``: ``day`` for day and month, ``day`` for week and month)."""
+    if not a:
+        return b
+    if not b or a == b:
+        return a
+    a_chain = list(reversed(_GRANULARITY_PARENTS[a]))
+    b_chain = list(reversed(_GRANULARITY_PARENTS[b]))
+
+    def first_difference(x: list[str], y: list[str]) -> int:
+        for index, value in enumerate(x):
+            if index >= len(y) or value != y[index]:
+                return index
+        return -1
+
+    last = max(first_difference(a_chain, b_chain), first_difference(b_chain, a_chain))
+    if last == -1 and len(a_chain) == len(b_chain):
+        last = len(a_chain) - 1
+    if last <= 0:
+        raise CompileError(f"Can't find common parent for '{a}' and '{b}'")
+    return a_chain[last - 1]
+
+
+def window_granularity(window: Any) -> str | None:
+    """Return the granularity a rolling window's intervals are counted in (Cube's rule)."""
+    def of(interval: Any) -> str | None:
+        if not interval:
+            return None
+        text = str(interval)
+        for unit in ("day", "month", "year", "week", "hour"):
+            if unit in text:
+                return unit
+        return None
+
+    if not window:
+        return None
+    return min_granularity(of(window.get("leading")), of(window.get("trailing")))
