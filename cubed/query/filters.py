@@ -13,7 +13,10 @@ from sqlglot import exp
 
 from cubed.errors import UserError
 from cubed.query import dates
-from cubed.query.members import paren as _paren
+from cubed.query.dialects import SqlDialect
+from cubed.query.expressions import and_all as _and
+from cubed.query.expressions import or_all as _or
+from cubed.query.expressions import paren as _paren
 from cubed.query.types import FilterCondition
 
 DATE_OPERATORS = frozenset({"inDateRange", "notInDateRange", "onTheDate", "beforeDate", "afterDate",
@@ -42,20 +45,6 @@ def escape_like(value: str) -> str:
     return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _or(parts: list[exp.Expression]) -> exp.Expression:
-    result = parts[0]
-    for part in parts[1:]:
-        result = exp.Or(this=result, expression=part)
-    return result
-
-
-def _and(parts: list[exp.Expression]) -> exp.Expression:
-    result = parts[0]
-    for part in parts[1:]:
-        result = exp.And(this=result, expression=part)
-    return result
-
-
 def filter_json(condition: FilterCondition) -> str:
     """Return the filter as Cube's JSON.stringify shows it in error messages."""
     body: dict[str, Any] = {"member": condition.member, "operator": condition.operator}
@@ -67,9 +56,10 @@ def filter_json(condition: FilterCondition) -> str:
 class FilterBuilder:
     """Builds the condition for one leaf filter against an already-rendered column."""
 
-    def __init__(self, params: ParamAllocator, timezone: str) -> None:
+    def __init__(self, params: ParamAllocator, timezone: str, sql_dialect: SqlDialect) -> None:
         self.params = params
         self.timezone = timezone
+        self.sql_dialect = sql_dialect
 
     def condition(self, condition: FilterCondition, column: exp.Expression,
                   string_time: bool = False) -> exp.Expression | None:
@@ -96,10 +86,10 @@ class FilterBuilder:
             for value in present:
                 pattern: exp.Expression = self.params.allocate(escape_like(value))
                 if leading:
-                    pattern = exp.DPipe(this=exp.Literal.string("%"), expression=pattern)
+                    pattern = self.sql_dialect.concat(exp.Literal.string("%"), pattern)
                 if trailing:
-                    pattern = exp.DPipe(this=pattern, expression=exp.Literal.string("%"))
-                like = exp.ILike(this=column, expression=pattern)
+                    pattern = self.sql_dialect.concat(pattern, exp.Literal.string("%"))
+                like = self.sql_dialect.ilike(column, pattern)
                 parts.append(exp.Not(this=like) if negate else like)
             joined = _and(parts) if negate else _or(parts)
             add_null = (not has_null) if negate else has_null
@@ -137,7 +127,7 @@ class FilterBuilder:
     def timestamp_param(self, value: str, string_time: bool) -> exp.Expression:
         """Return a bound UTC timestamp, cast unless the column is text."""
         placeholder = self.params.allocate(value)
-        return placeholder if string_time else exp.Cast(this=placeholder, to=exp.DataType.build("timestamptz"))
+        return placeholder if string_time else self.sql_dialect.utc_instant(placeholder)
 
     def _date(self, op: str, values: list[Any], column: exp.Expression, string_time: bool) -> exp.Expression:
         start = dates.local_to_utc_param(dates.filter_bound(values[0] if values else None, self.timezone, end=False), self.timezone)

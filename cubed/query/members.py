@@ -17,21 +17,10 @@ from cubed.model.compile import CONTEXT_REFERENCES
 from cubed.model.meta import alias_name
 from cubed.model.schema import Cube, Dimension, Measure, Model, Segment, SqlTemplate
 from cubed.model.templates import folded_table_name, is_placeholder
+from cubed.query.dialects import SqlDialect
+from cubed.query.expressions import and_all, paren, quoted
 
-_ATOMIC = (exp.Column, exp.Literal, exp.Func, exp.Paren, exp.Identifier, exp.Cast, exp.Case,
-           exp.Null, exp.Boolean, exp.Star, exp.Placeholder, exp.Parameter, exp.Subquery)
 _AGGREGATES = {"count": exp.Count, "sum": exp.Sum, "avg": exp.Avg, "min": exp.Min, "max": exp.Max}
-
-
-def paren(node: exp.Expression) -> exp.Expression:
-    """Return ``node`` wrapped in parentheses unless it is atomic, so that substituting it
-    into a larger expression cannot change precedence (Cube pastes text and gets this wrong)."""
-    return node if isinstance(node, _ATOMIC) else exp.Paren(this=node)
-
-
-def quoted(name: str) -> exp.Identifier:
-    """Return a quoted identifier."""
-    return exp.Identifier(this=name, quoted=True)
 
 
 @dataclass(frozen=True)
@@ -51,12 +40,13 @@ class RenderContext:
 
 class MemberRenderer:
     """Member SQL for one query: ``multiplied`` names the cubes the join tree fans out,
-    ``query_ungrouped`` is the query's ``ungrouped`` flag, ``dialect`` the target dialect."""
+    ``query_ungrouped`` is the query's ``ungrouped`` flag, ``sql_dialect`` the target."""
 
-    def __init__(self, model: Model, dialect: str, multiplied: frozenset[str] = frozenset(),
+    def __init__(self, model: Model, sql_dialect: SqlDialect, multiplied: frozenset[str] = frozenset(),
                  query_ungrouped: bool = False) -> None:
         self.model = model
-        self.dialect = dialect
+        self.sql_dialect = sql_dialect
+        self.dialect = sql_dialect.name
         self.multiplied = multiplied
         self.query_ungrouped = query_ungrouped
 
@@ -219,10 +209,7 @@ class MemberRenderer:
         else:
             base = self.primary_key_sql(measure.cube, ctx) or exp.Star()
         if measure.filters:
-            conditions = [paren(self.resolve(f, measure.cube, ctx)) for f in measure.filters]
-            condition = conditions[0]
-            for extra in conditions[1:]:
-                condition = exp.And(this=condition, expression=extra)
+            condition = and_all([paren(self.resolve(f, measure.cube, ctx)) for f in measure.filters])
             then = exp.Literal.number(1) if isinstance(base, exp.Star) else base
             base = exp.Case().when(condition, then, copy=False)
         return base
@@ -240,9 +227,7 @@ class MemberRenderer:
             return base
         multiplied = measure.cube in self.multiplied
         if measure.type == "count_distinct_approx":
-            if self.dialect == "duckdb":
-                return exp.ApproxDistinct(this=base)
-            raise CompileError("Approximate distinct count is not supported by this DB")
+            return self.sql_dialect.approx_count_distinct(base)
         if measure.type == "count_distinct" or (measure.type == "count" and measure.sql is None and multiplied):
             return exp.Count(this=exp.Distinct(expressions=[base]))
         if measure.type == "running_total":

@@ -22,7 +22,9 @@ from cubed.model.meta import alias_name
 from cubed.model.schema import ADDITIVE_MEASURE_TYPES, Dimension, Measure, Model, Segment
 from cubed.query import dates
 from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
-from cubed.query.members import MemberRenderer, RenderContext, member_cubes, paren, quoted
+from cubed.query.dialects import SqlDialect, dialect_for
+from cubed.query.expressions import and_all, paren, quoted
+from cubed.query.members import MemberRenderer, RenderContext, member_cubes
 from cubed.query.sql import RenderedSql, render_sql
 from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
 
@@ -276,9 +278,10 @@ class _SqlBuilder:
         self.query = query
         self.dialect = dialect
         self.total = total
+        self.sql_dialect: SqlDialect = dialect_for(dialect)
         self.params = ParamAllocator()
-        self.filters = FilterBuilder(self.params, query.timezone)
-        self.renderer = MemberRenderer(model, dialect, tree.multiplied, query.ungrouped)
+        self.filters = FilterBuilder(self.params, query.timezone, self.sql_dialect)
+        self.renderer = MemberRenderer(model, self.sql_dialect, tree.multiplied, query.ungrouped)
         self.columns: list[SelectedColumn] = []
         for d in members.dimensions:
             self.columns.append(SelectedColumn(alias_name(d.path, model.cubes[d.cube].sql_alias), d.path, "dimension"))
@@ -319,8 +322,7 @@ class _SqlBuilder:
         # safe as a literal only because it was checked against the IANA database.
         if self.query.timezone not in IANA_ZONES:
             raise UserError(f"Invalid time zone: {self.query.timezone}")
-        return exp.Paren(this=exp.AtTimeZone(this=exp.Cast(this=paren(value), to=exp.DataType.build("timestamptz")),
-                                             zone=exp.Literal.string(self.query.timezone)))
+        return self.sql_dialect.in_zone(value, self.query.timezone)
 
     def _converted(self, td: _TimeDim, ctx: RenderContext) -> exp.Expression:
         return self._in_query_zone(self.renderer.dimension_sql(td.dimension, ctx))
@@ -330,7 +332,7 @@ class _SqlBuilder:
         if ctx.ungrouped:
             return converted
         granularity = ctx.granularity_override or td.query.granularity
-        return exp.TimestampTrunc(this=converted, unit=exp.var(granularity))
+        return self.sql_dialect.truncate(converted, granularity)
 
     def _where_conditions(self, ctx: RenderContext, time_ranges: bool = True) -> list[exp.Expression]:
         conditions: list[exp.Expression] = []
@@ -570,10 +572,7 @@ class _SqlBuilder:
                         this=exp.EQ(this=left, expression=right),
                         expression=exp.Paren(this=exp.And(this=exp.Is(this=left.copy(), expression=exp.Null()),
                                                           expression=exp.Is(this=right.copy(), expression=exp.Null()))))))
-                on = conditions[0]
-                for c in conditions[1:]:
-                    on = exp.And(this=on, expression=c)
-                select = select.join(target, on=on, join_type="inner", copy=False)
+                select = select.join(target, on=and_all(conditions), join_type="inner", copy=False)
             else:
                 select = select.join(target, join_type="cross", copy=False)
         outer_filters = self._measure_filter_conditions(outer_ctx)
@@ -620,12 +619,9 @@ class _SqlBuilder:
         on_parts = [exp.EQ(this=exp.column(pk_alias, table=KEYS_ALIAS, quoted=True),
                            expression=self.renderer.dimension_sql(pk, ctx))
                     for pk, pk_alias in zip(pk_dimensions, pk_aliases)]
-        on = on_parts[0]
-        for part in on_parts[1:]:
-            on = exp.And(this=on, expression=part)
         select = exp.select(*selects, copy=False).from_(
             exp.Subquery(this=keys, alias=exp.TableAlias(this=quoted(KEYS_ALIAS))), copy=False)
-        select = select.join(self.renderer.from_item(cube_name, ctx), on=on, join_type="left", copy=False)
+        select = select.join(self.renderer.from_item(cube_name, ctx), on=and_all(on_parts), join_type="left", copy=False)
         return self._group_by(select, len(self.dimension_aliases), self.query.ungrouped or ctx.ungrouped)
 
     # -- cumulative measures (running_total, rolling_window) -----------------------------
@@ -653,8 +649,8 @@ class _SqlBuilder:
             utc_from = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[0], self.query.timezone))  # noqa: E731
             utc_to = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[1], self.query.timezone))  # noqa: E731
             if start_to_end:
-                date_from = lambda s=series: exp.Cast(this=self.params.allocate(s[0][0]), to=exp.DataType.build("timestamp"))  # noqa: E731
-                date_to = lambda s=series: exp.Cast(this=self.params.allocate(s[-1][1]), to=exp.DataType.build("timestamp"))  # noqa: E731
+                date_from = lambda s=series: self.sql_dialect.local_timestamp(self.params.allocate(s[0][0]))  # noqa: E731
+                date_to = lambda s=series: self.sql_dialect.local_timestamp(self.params.allocate(s[-1][1]))  # noqa: E731
             else:
                 date_from = lambda f=utc_from: self._in_query_zone(f())  # noqa: E731
                 date_to = lambda f=utc_to: self._in_query_zone(f())  # noqa: E731
@@ -687,11 +683,8 @@ class _SqlBuilder:
         select = exp.select(*selects, copy=False).from_(select_from[0], copy=False)
         for extra in select_from[1:]:
             select = select.join(extra, join_type="cross", copy=False)
-        on = on_parts[0]
-        for part in on_parts[1:]:
-            on = exp.And(this=on, expression=part)
         select = select.join(exp.Subquery(this=base, alias=exp.TableAlias(this=quoted(base_alias))),
-                             on=on, join_type="left", copy=False)
+                             on=and_all(on_parts), join_type="left", copy=False)
         return self._group_by(select, len(self.m.dimensions) + len(granular), False)
 
     def _series_range(self, td: _TimeDim) -> tuple[str, str]:
@@ -707,8 +700,8 @@ class _SqlBuilder:
             alias=exp.TableAlias(this=exp.to_identifier("dates"),
                                  columns=[exp.to_identifier("date_from"), exp.to_identifier("date_to")]))
         inner = exp.select(
-            exp.alias_(exp.Cast(this=exp.column("date_from"), to=exp.DataType.build("timestamp")), quoted("date_from"), copy=False),
-            exp.alias_(exp.Cast(this=exp.column("date_to"), to=exp.DataType.build("timestamp")), quoted("date_to"), copy=False),
+            exp.alias_(self.sql_dialect.local_timestamp(exp.column("date_from")), quoted("date_from"), copy=False),
+            exp.alias_(self.sql_dialect.local_timestamp(exp.column("date_to")), quoted("date_to"), copy=False),
             copy=False).from_(values, copy=False)
         return exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted(alias)))
 
@@ -725,21 +718,18 @@ class _SqlBuilder:
         if trailing != "unbounded":
             start = date_from() if (start_to_end or offset == "start") else date_to()
             if trailing:
-                start = exp.Sub(this=start, expression=exp.Interval(this=exp.Literal.string(str(trailing))))
+                start = self.sql_dialect.shift(start, str(trailing), -1)
             node = exp.GTE if offset == "start" else exp.GT
             conditions.append(node(this=field.copy(), expression=start))
         if leading != "unbounded":
             end = date_to() if (start_to_end or offset == "end") else date_from()
             if leading:
-                end = exp.Add(this=end, expression=exp.Interval(this=exp.Literal.string(str(leading))))
+                end = self.sql_dialect.shift(end, str(leading), 1)
             node = exp.LTE if offset == "end" else exp.LT
             conditions.append(node(this=field.copy(), expression=end))
         if not conditions:
             return exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(1))
-        result = conditions[0]
-        for extra in conditions[1:]:
-            result = exp.And(this=result, expression=extra)
-        return result
+        return and_all(conditions)
 
     def _reaggregate(self, measure: Measure, column: exp.Expression, ungrouped: bool) -> exp.Expression:
         """Return the aggregate over per-period values of a cumulative measure."""
