@@ -28,7 +28,7 @@ from cubed.model.schema import (
     Segment,
     SqlTemplate,
 )
-from cubed.model.templates import parse_template
+from cubed.model.templates import FILTER_PARAMS, parse_template
 
 IDENTIFIER = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -377,6 +377,9 @@ def _validate_references(model: Model, raw_cubes: Mapping[str, RawDefinition]) -
         for member, template in member_templates(cube):
             for ref in template.refs:
                 head, _, rest = ref.text.partition(".")
+                if head == "FILTER_PARAMS":
+                    _check_filter_params(model, ref.text, _where(raw, cube.name, member))
+                    continue
                 if head in ("CUBE", "TABLE") or head in CONTEXT_REFERENCES:
                     continue
                 if not rest and (head in model.cubes or _member_exists(cube, head)):
@@ -388,6 +391,16 @@ def _validate_references(model: Model, raw_cubes: Mapping[str, RawDefinition]) -
                     " (expected CUBE, a cube name, a member of this cube, or Cube.member)"
                 )
     _check_cycles(model, raw_cubes)
+
+
+def _check_filter_params(model: Model, text: str, where: str) -> None:
+    match = FILTER_PARAMS.match(text)
+    if match is None:
+        raise ModelError(f"{where}: {{{text}}} must read {{FILTER_PARAMS.<cube>.<dimension>.filter('<sql>')}}")
+    cube_name, dimension = match.group(1), match.group(2)
+    target = model.cubes.get(cube_name)
+    if target is None or dimension not in target.dimensions:
+        raise ModelError(f"{where}: {{{text}}} refers to an unknown dimension {cube_name}.{dimension}")
 
 
 def _member_exists(cube: Cube, name: str) -> bool:

@@ -64,6 +64,9 @@ def parse_template(source: str, dialect: str, where: str, *, statement: bool = F
     )
 
 
+FILTER_PARAMS = re.compile(r"^FILTER_PARAMS\.([_a-zA-Z][_a-zA-Z0-9]*)\.([_a-zA-Z][_a-zA-Z0-9]*)\.filter\(\s*(['\"])(.*)\3\s*\)$", re.S)
+
+
 def folded_table_name(template: SqlTemplate) -> str | None:
     """Return ``t`` when a cube's sql is exactly ``SELECT * FROM t`` (Cube inlines the table)."""
     if template.refs:

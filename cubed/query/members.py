@@ -8,7 +8,7 @@ sub-query, the ungrouped mode and the aliases already computed by inner sub-quer
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Mapping
+from typing import Callable, Mapping
 
 from sqlglot import exp
 
@@ -43,8 +43,10 @@ class MemberRenderer:
     ``query_ungrouped`` is the query's ``ungrouped`` flag, ``sql_dialect`` the target."""
 
     def __init__(self, model: Model, sql_dialect: SqlDialect, multiplied: frozenset[str] = frozenset(),
-                 query_ungrouped: bool = False) -> None:
+                 query_ungrouped: bool = False,
+                 context_reference: Callable[[str, str, RenderContext], exp.Expression] | None = None) -> None:
         self.model = model
+        self.context_reference = context_reference
         self.sql_dialect = sql_dialect
         self.dialect = sql_dialect.name
         self.multiplied = multiplied
@@ -116,7 +118,9 @@ class MemberRenderer:
                         ctx: RenderContext) -> exp.Expression:
         head, _, member = text.partition(".")
         if head in CONTEXT_REFERENCES:
-            raise CompileError(f"{head} is not supported in {cube_name} yet")
+            if self.context_reference is None:
+                raise CompileError(f"{head} cannot be used here ({cube_name})")
+            return self.context_reference(text, cube_name, ctx)
         if head in ("CUBE", "TABLE"):
             target = cube_name
         elif head in self.model.cubes:

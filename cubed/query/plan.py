@@ -11,6 +11,8 @@ Shapes, as Cube builds them:
 from __future__ import annotations
 
 import zoneinfo
+
+import sqlglot
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -19,6 +21,7 @@ from sqlglot import exp
 from cubed.errors import CompileError, UserError
 from cubed.model.joins import JoinGraph, JoinTree
 from cubed.model.meta import alias_name
+from cubed.model.templates import FILTER_PARAMS
 from cubed.model.schema import ADDITIVE_MEASURE_TYPES, Dimension, Measure, Model, Segment
 from cubed.query import dates
 from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
@@ -281,7 +284,8 @@ class _SqlBuilder:
         self.sql_dialect: SqlDialect = dialect_for(dialect)
         self.params = ParamAllocator()
         self.filters = FilterBuilder(self.params, query.timezone, self.sql_dialect)
-        self.renderer = MemberRenderer(model, self.sql_dialect, tree.multiplied, query.ungrouped)
+        self.renderer = MemberRenderer(model, self.sql_dialect, tree.multiplied, query.ungrouped,
+                                       context_reference=self._context_reference)
         self.columns: list[SelectedColumn] = []
         for d in members.dimensions:
             self.columns.append(SelectedColumn(alias_name(d.path, model.cubes[d.cube].sql_alias), d.path, "dimension"))
@@ -296,6 +300,27 @@ class _SqlBuilder:
         self.order = self._effective_order()
 
     # -- pieces --------------------------------------------------------------------------
+    def _context_reference(self, text: str, cube_name: str, ctx: RenderContext) -> exp.Expression:
+        """Return the SQL of a context variable in a template: ``FILTER_PARAMS`` renders the
+        query's own filters on a dimension against the given column (``1 = 1`` without any)."""
+        match = FILTER_PARAMS.match(text)
+        if match is None:
+            raise CompileError(f"{{{text}}} is not supported in {cube_name}")
+        path = f"{match.group(1)}.{match.group(2)}"
+        column = sqlglot.parse_one(match.group(4), read=self.dialect)
+        conditions: list[exp.Expression] = []
+        for td in self.m.time_dimensions:
+            if td.dimension.path == path and td.query.date_range:
+                conditions.append(self.filters.range(column.copy(), td.query.date_range))
+        for item in self.m.dimension_filters:
+            if isinstance(item, FilterCondition) and item.member == path and item.operator not in ("set", "notSet", "measureFilter"):
+                condition = self.filters.condition(item, column.copy())
+                if condition is not None:
+                    conditions.append(condition)
+        if not conditions:
+            return exp.EQ(this=exp.Literal.number(1), expression=exp.Literal.number(1))
+        return exp.Paren(this=and_all([exp.Paren(this=c) for c in conditions]))
+
     @property
     def dimension_aliases(self) -> list[str]:
         return [c.alias for c in self.columns if c.kind != "measure"]

@@ -159,3 +159,46 @@ class PlanErrorTests(TestCase):
     def test_empty_equals_is_a_client_error(self) -> None:
         with self.assertRaises(UserError):
             self.model.plan(Query(measures=("Orders.count",), filters=(FilterCondition("Orders.status", "equals", ()),)))
+
+
+FILTER_PARAMS_MODEL = """
+cubes:
+  - name: Orders
+    sql: "SELECT * FROM public.orders WHERE {FILTER_PARAMS.Orders.createdAt.filter('created_at')} AND {FILTER_PARAMS.Orders.status.filter('status')}"
+    measures:
+      - name: count
+        type: count
+    dimensions:
+      - name: id
+        sql: id
+        type: number
+        primary_key: true
+      - name: status
+        sql: status
+        type: string
+      - name: createdAt
+        sql: created_at
+        type: time
+"""
+
+
+class FilterParamsTests(TestCase):
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "orders.yml").write_text(FILTER_PARAMS_MODEL)
+        self.model = compile_directory(directory, lambda _ds: "postgres", lambda _ds: "postgres")
+
+    def test_query_filters_are_pushed_into_the_cube_sql(self) -> None:
+        plan = self.model.plan(Query(
+            measures=("Orders.count",),
+            time_dimensions=(TimeDimension("Orders.createdAt", None, ("2024-01-01T00:00:00.000", "2024-01-02T23:59:59.999")),),
+            filters=(FilterCondition("Orders.status", "equals", ("completed",)),)))
+        self.assertIn("FROM (SELECT * FROM public.orders WHERE ((created_at >= CAST($1 AS TIMESTAMPTZ) AND "
+                      "created_at <= CAST($2 AS TIMESTAMPTZ))) AND ((status = $3))) AS \"orders\"", plan.sql.display)
+        self.assertEqual(plan.sql.params[:3], ("2024-01-01T00:00:00.000Z", "2024-01-02T23:59:59.999Z", "completed"))
+
+    def test_without_filters_the_condition_is_true(self) -> None:
+        plan = self.model.plan(Query(measures=("Orders.count",)))
+        self.assertIn("WHERE 1 = 1 AND 1 = 1", plan.sql.display)
+        self.assertEqual(plan.sql.params, ())
