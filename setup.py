@@ -28,7 +28,7 @@ setup(
         "tzdata",
     ],
     extras_require={
-        "test": ["treq>=23.11"],
+        "test": ["treq>=23.11", "hypothesis>=6.100"],
     },
     entry_points={"console_scripts": ["cubed = cubed.cli:main"]},
     zip_safe=False,
