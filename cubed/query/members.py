@@ -157,7 +157,8 @@ class MemberRenderer:
         if dimension.path in ctx.rendered:
             return exp.column(ctx.rendered[dimension.path], quoted=True)
         if dimension.sub_query:
-            raise CompileError(f"Sub query dimension {dimension.path} is not supported yet")
+            # The value comes from the dimension's sub-query, joined under this alias.
+            return exp.column(alias_name(dimension.path, self.cube(dimension.cube).sql_alias), quoted=True)
         if dimension.case is not None:
             case = exp.Case()
             for branch in dimension.case.when:
@@ -293,6 +294,65 @@ def referenced_cubes(model: Model, cube_name: str, template: SqlTemplate | None,
     return result
 
 
+def subquery_dimensions(model: Model, paths: list[str]) -> list[Dimension]:
+    """Return the ``sub_query`` dimensions the given members reach (themselves or through
+    references in their SQL), in first-seen order."""
+    found: list[Dimension] = []
+    seen: set[tuple[str, str]] = set()
+
+    def visit(cube_name: str, member: str) -> None:
+        key = (cube_name, member)
+        if key in seen:
+            return
+        seen.add(key)
+        cube = model.cubes[cube_name]
+        templates: list[SqlTemplate | None] = []
+        if member in cube.dimensions:
+            dimension = cube.dimensions[member]
+            if dimension.sub_query:
+                if dimension not in found:
+                    found.append(dimension)
+                return
+            if dimension.case is not None:
+                templates = [b.sql for b in dimension.case.when] + [b.label_sql for b in dimension.case.when]
+                templates.append(dimension.case.else_sql)
+            else:
+                templates = [dimension.sql]
+        elif member in cube.measures:
+            templates = [cube.measures[member].sql, *cube.measures[member].filters]
+        elif member in cube.segments:
+            templates = [cube.segments[member].sql]
+        for template in templates:
+            for target, name in _template_members(model, cube_name, template):
+                visit(target, name)
+
+    for path in paths:
+        cube_name, _, member = path.partition(".")
+        if cube_name in model.cubes:
+            visit(cube_name, member)
+    return found
+
+
+def _template_members(model: Model, cube_name: str, template: SqlTemplate | None) -> list[tuple[str, str]]:
+    result: list[tuple[str, str]] = []
+    if template is None:
+        return result
+    for ref in template.refs:
+        head, _, rest = ref.text.partition(".")
+        if head in CONTEXT_REFERENCES:
+            continue
+        if head in ("CUBE", "TABLE"):
+            target, member = cube_name, rest
+        elif head in model.cubes:
+            target, member = head, rest
+        else:
+            target, member = cube_name, ref.text
+        cube = model.cubes.get(target)
+        if member and cube is not None and (member in cube.dimensions or member in cube.measures or member in cube.segments):
+            result.append((target, member))
+    return result
+
+
 def member_cubes(model: Model, cube_name: str, member: str, seen: set[tuple[str, str]] | None = None) -> list[str]:
     """Return the cubes a member needs joined: its own cube, then those its SQL reaches."""
     seen = seen if seen is not None else set()
@@ -309,6 +369,10 @@ def member_cubes(model: Model, cube_name: str, member: str, seen: set[tuple[str,
             templates.append(cube.dimensions[cube.primary_keys[0]].sql)
     elif member in cube.dimensions:
         dimension = cube.dimensions[member]
+        if dimension.sub_query:
+            # Computed in its own sub-query joined on the primary key: what its SQL reaches
+            # is joined there, not in the query using it (as Cube collects join hints).
+            return result
         if dimension.case is not None:
             for branch in dimension.case.when:
                 templates += [branch.sql, branch.label_sql]

@@ -27,7 +27,7 @@ from cubed.query import dates
 from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
 from cubed.query.dialects import SqlDialect, dialect_for
 from cubed.query.expressions import and_all, paren, quoted
-from cubed.query.members import MemberRenderer, RenderContext, member_cubes
+from cubed.query.members import MemberRenderer, RenderContext, member_cubes, referenced_cubes, subquery_dimensions
 from cubed.query.sql import RenderedSql, render_sql
 from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
 
@@ -216,13 +216,13 @@ class QueryPlanner:
         tree = self.joins.build(tuple(hints))
         if query.ungrouped:
             self._check_ungrouped(tree, members)
-        builder = _SqlBuilder(self.model, tree, members, query, dialect)
+        builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins)
         order = builder.order
         select = builder.build()
         rendered = render_sql(select, builder.params.values, dialect)
         total_sql = None
         if query.total:
-            total_builder = _SqlBuilder(self.model, tree, members, query, dialect, total=True)
+            total_builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins, total=True)
             inner = total_builder.build()
             total_tree = exp.select(exp.Count(this=exp.Star()).as_(quoted("total_count"), copy=False), copy=False).from_(
                 exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted("original_query"))), copy=False)
@@ -274,15 +274,19 @@ class _SqlBuilder:
     """Builds the SELECT tree of one query (or of its total count when ``total``)."""
 
     def __init__(self, model: Model, tree: JoinTree, members: _Members, query: Query, dialect: str,
-                 total: bool = False) -> None:
+                 joins: JoinGraph, total: bool = False, params: ParamAllocator | None = None,
+                 alias_prefix: str | None = None, ordered: bool = True) -> None:
         self.model = model
+        self.joins = joins
         self.tree = tree
         self.m = members
         self.query = query
         self.dialect = dialect
         self.total = total
+        self.alias_prefix = alias_prefix
+        self.ordered = ordered
         self.sql_dialect: SqlDialect = dialect_for(dialect)
-        self.params = ParamAllocator()
+        self.params = params or ParamAllocator()
         self.filters = FilterBuilder(self.params, query.timezone, self.sql_dialect)
         self.renderer = MemberRenderer(model, self.sql_dialect, tree.multiplied, query.ungrouped,
                                        context_reference=self._context_reference)
@@ -298,6 +302,13 @@ class _SqlBuilder:
         for measure in members.measures:
             self.columns.append(SelectedColumn(alias_name(measure.path, model.cubes[measure.cube].sql_alias), measure.path, "measure"))
         self.order = self._effective_order()
+        # A sub_query dimension's own sub-query computes it as a measure: skip that one.
+        paths = [m.path for m in members.measures if m.name in model.cubes[m.cube].measures]
+        paths += [d.path for d in members.dimensions]
+        paths += [s.path for s in members.segments] + [td.dimension.path for td in members.time_dimensions]
+        for item in members.dimension_filters + members.measure_filters:
+            paths += [leaf.member for leaf in _leaves(item)]
+        self.subquery_dimensions = subquery_dimensions(model, paths)
 
     # -- pieces --------------------------------------------------------------------------
     def _context_reference(self, text: str, cube_name: str, ctx: RenderContext) -> exp.Expression:
@@ -402,10 +413,50 @@ class _SqlBuilder:
     def _from(self, select: exp.Select, ctx: RenderContext, tree: JoinTree | None = None) -> exp.Select:
         tree = tree or self.tree
         select = select.from_(self.renderer.from_item(tree.root, ctx), copy=False)
+        select = self._subquery_joins(select, tree.root, ctx)
         for join in tree.joins:
             on = self.renderer.resolve(join.sql, join.source, ctx)
             select = select.join(self.renderer.from_item(join.target, ctx), on=on, join_type="left", copy=False)
+            select = self._subquery_joins(select, join.target, ctx)
         return select
+
+    def _subquery_joins(self, select: exp.Select, cube_name: str, ctx: RenderContext) -> exp.Select:
+        """Return ``select`` with the sub-queries of the cube's ``sub_query`` dimensions joined
+        on its primary key (Cube's subQueryJoin)."""
+        for dimension in self.subquery_dimensions:
+            if dimension.cube != cube_name:
+                continue
+            prefix = f"{dimension.cube}_{dimension.name}_subquery"
+            alias = alias_name(prefix)
+            cube = self.model.cubes[cube_name]
+            if not cube.primary_keys:
+                raise CompileError(f"One or more Primary key is required for '{cube_name}")
+            subquery = self._subquery_for_dimension(dimension, prefix)
+            on = and_all([exp.EQ(this=exp.column(self._alias(f"{cube_name}.{key}"), table=alias, quoted=True),
+                                 expression=self.renderer.dimension_sql(cube.dimensions[key], ctx))
+                          for key in cube.primary_keys])
+            select = select.join(exp.Subquery(this=subquery, alias=exp.TableAlias(this=quoted(alias))),
+                                 on=on, join_type="left", copy=False)
+        return select
+
+    def _subquery_for_dimension(self, dimension: Dimension, prefix: str) -> exp.Select:
+        """Return the per-primary-key sub-query computing a ``sub_query`` dimension's SQL
+        (a measure expression, usually over another cube)."""
+        if dimension.sql is None:
+            raise CompileError(f"Sub query dimension {dimension.path} needs sql")
+        measure = Measure(cube=dimension.cube, name=dimension.name, type="number", sql=dimension.sql)
+        cube = self.model.cubes[dimension.cube]
+        keys = [cube.dimensions[k] for k in cube.primary_keys]
+        hints = [c for c in referenced_cubes(self.model, dimension.cube, dimension.sql)]
+        if dimension.cube not in hints:
+            hints.append(dimension.cube)
+        tree = self.joins.build(tuple(hints))
+        members = _Members(measures=[measure], dimensions=keys, segments=[], time_dimensions=[],
+                           dimension_filters=[], measure_filters=[])
+        inner_query = Query(dimensions=tuple(k.path for k in keys), limit=None, timezone=self.query.timezone)
+        builder = _SqlBuilder(self.model, tree, members, inner_query, self.dialect, self.joins,
+                              params=self.params, alias_prefix=prefix, ordered=False)
+        return builder.build()
 
     def _where(self, select: exp.Select, conditions: list[exp.Expression]) -> exp.Select:
         if conditions:
@@ -418,6 +469,8 @@ class _SqlBuilder:
         return select
 
     def _effective_order(self) -> tuple[OrderItem, ...]:
+        if not self.ordered:
+            return ()
         if self.query.order:
             return self.query.order
         if self.total:
@@ -467,7 +520,7 @@ class _SqlBuilder:
         return self._full_key_query(measures)
 
     def _simple_query(self) -> exp.Select:
-        ctx = RenderContext()
+        ctx = RenderContext(prefix=self.alias_prefix)
         selects = self._dimension_selects(ctx)
         selects += [exp.alias_(self.renderer.measure_sql(m, ctx), quoted(self._alias(m.path)), copy=False)
                     for m in self.m.measures]

@@ -202,3 +202,32 @@ class FilterParamsTests(TestCase):
         plan = self.model.plan(Query(measures=("Orders.count",)))
         self.assertIn("WHERE 1 = 1 AND 1 = 1", plan.sql.display)
         self.assertEqual(plan.sql.params, ())
+
+
+class SubQueryDimensionTests(TestCase):
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        for source in MODEL.glob("*.yml"):
+            text = source.read_text()
+            if source.name == "users.yml":
+                text = text.replace("    dimensions:\n      - name: id", "    dimensions:\n      - name: orderCount\n"
+                                    "        sql: \"{Orders.count}\"\n        type: number\n        sub_query: true\n"
+                                    "      - name: id", 1)
+            (directory / source.name).write_text(text)
+        self.model = compile_directory(directory, lambda _ds: "postgres", lambda _ds: "postgres")
+
+    def test_sub_query_dimension_is_joined_on_the_primary_key(self) -> None:
+        plan = self.model.plan(Query(measures=("Users.count",), dimensions=("Users.orderCount",)))
+        sql = plan.sql.display
+        # The dimension's own join (Orders -> Users) lives inside the sub-query only.
+        self.assertTrue(sql.startswith('SELECT "users__order_count" AS "users__order_count", COUNT("users".id)'), sql)
+        self.assertIn('FROM public.users AS "users" LEFT JOIN (SELECT "users_order_count_subquery__users".id AS '
+                      '"users__id", COUNT("users_order_count_subquery__orders".id) AS "users__order_count"', sql)
+        self.assertIn(') AS "users_order_count_subquery" ON "users_order_count_subquery"."users__id" = "users".id', sql)
+
+    def test_filter_on_sub_query_dimension_binds_its_value(self) -> None:
+        plan = self.model.plan(Query(measures=("Users.count",),
+                                     filters=(FilterCondition("Users.orderCount", "gt", ("5",)),)))
+        self.assertIn('WHERE ("users__order_count" > $1)', plan.sql.display)
+        self.assertEqual(plan.sql.params, ("5",))
