@@ -450,9 +450,26 @@ class _SqlBuilder:
         hints = [c for c in referenced_cubes(self.model, dimension.cube, dimension.sql)]
         if dimension.cube not in hints:
             hints.append(dimension.cube)
+        filters: list[Any] = []
+        segments: list[Segment] = []
+        time_dimensions: list[_TimeDim] = []
+        if dimension.propagate_filters_to_sub_query:
+            # The query's own filters apply inside, except those on sub-query dimensions.
+            subquery_paths = {d.path for d in self.subquery_dimensions}
+            filters = [f for f in self.m.dimension_filters
+                       if not any(leaf.member in subquery_paths for leaf in _leaves(f))]
+            segments = list(self.m.segments)
+            time_dimensions = [_TimeDim(TimeDimension(td.query.dimension, None, td.query.date_range), td.dimension)
+                               for td in self.m.time_dimensions if td.query.date_range]
+            for path in [leaf.member for f in filters for leaf in _leaves(f)] + [s.path for s in segments] + \
+                    [td.dimension.path for td in time_dimensions]:
+                cube_name, _, name = path.partition(".")
+                for extra in member_cubes(self.model, cube_name, name):
+                    if extra not in hints:
+                        hints.append(extra)
         tree = self.joins.build(tuple(hints))
-        members = _Members(measures=[measure], dimensions=keys, segments=[], time_dimensions=[],
-                           dimension_filters=[], measure_filters=[])
+        members = _Members(measures=[measure], dimensions=keys, segments=segments, time_dimensions=time_dimensions,
+                           dimension_filters=filters, measure_filters=[])
         inner_query = Query(dimensions=tuple(k.path for k in keys), limit=None, timezone=self.query.timezone)
         builder = _SqlBuilder(self.model, tree, members, inner_query, self.dialect, self.joins,
                               params=self.params, alias_prefix=prefix, ordered=False)
