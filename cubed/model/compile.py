@@ -29,6 +29,7 @@ from cubed.model.schema import (
     SqlTemplate,
 )
 from cubed.model.templates import FILTER_PARAMS, parse_template
+from cubed.model.views import compile_views
 
 IDENTIFIER = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])([A-Z])")
@@ -121,22 +122,24 @@ class ModelCompiler:
         """Return the compiled Model; raises ModelError at the first invalid definition."""
         definitions = list(definitions)
         raw_cubes: dict[str, RawDefinition] = {}
+        raw_views: list[RawDefinition] = []
         for raw in definitions:
             name = raw.body.get("name")
             if not isinstance(name, str) or not IDENTIFIER.match(name):
                 raise ModelError(f"{raw.file}:{raw.line}: a {raw.kind} needs a name matching {IDENTIFIER.pattern}, got {name!r}")
             if raw.kind == "view":
-                raise ModelError(f"{raw.file}:{raw.line}: view '{name}': views are not supported yet")
+                raw_views.append(raw)
+                continue
             if name in raw_cubes:
                 other = raw_cubes[name]
                 raise ModelError(f"{raw.file}:{raw.line}: cube '{name}' is already defined in {other.file}:{other.line}")
             raw_cubes[name] = raw
         bodies = {name: self._resolve_extends(name, raw_cubes, ()) for name in raw_cubes}
         cubes = {name: self._cube(raw_cubes[name], bodies[name]) for name in raw_cubes}
-        model = Model(cubes=cubes, version=_version(definitions))
-        _validate_references(model, raw_cubes)
-        _validate_joins(model, raw_cubes)
-        return model
+        _validate_references(Model(cubes=cubes, version=""), raw_cubes)
+        _validate_joins(Model(cubes=cubes, version=""), raw_cubes)
+        views = compile_views(cubes, raw_views)
+        return Model(cubes={**cubes, **views}, version=_version(definitions))
 
     def _resolve_extends(self, name: str, raw_cubes: Mapping[str, RawDefinition], seen: tuple[str, ...]) -> dict[str, Any]:
         raw = raw_cubes[name]

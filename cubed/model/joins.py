@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Mapping
+from typing import Mapping, Union
 
 from cubed.errors import CompileError
 from cubed.model.schema import Join, Model
@@ -29,6 +29,9 @@ class JoinTree:
     def cubes(self) -> tuple[str, ...]:
         """Return the root and every joined cube, in join order."""
         return (self.root,) + tuple(j.target for j in self.joins)
+
+
+Hint = Union[str, tuple[str, ...]]
 
 
 class JoinGraph:
@@ -64,31 +67,46 @@ class JoinGraph:
                 queue.append(nxt)
         return None
 
-    def _tree_for_root(self, root: str, others: tuple[str, ...]) -> list[Join] | None:
+    def _tree_for_root(self, root: str, others: tuple[Hint, ...]) -> list[Join] | None:
         joins: list[Join] = []
-        for target in others:
-            path = self._shortest_path(root, target)
-            if path is None:
-                return None
-            for a, b in zip(path, path[1:]):
-                edge = self.edges[(a, b)]
-                if edge not in joins:
-                    joins.append(edge)
+        for hint in others:
+            # A path hint (from a view's join_path) is walked hop by hop from the root.
+            targets = hint if isinstance(hint, tuple) else (hint,)
+            previous = root
+            for target in targets:
+                if target == previous:
+                    continue
+                path = self._shortest_path(previous, target)
+                if path is None:
+                    return None
+                for a, b in zip(path, path[1:]):
+                    edge = self.edges[(a, b)]
+                    if edge not in joins:
+                        joins.append(edge)
+                previous = target
         return joins
 
-    def _build(self, cubes: tuple[str, ...]) -> JoinTree:
-        """Return the JoinTree joining ``cubes`` (order matters for root choice)."""
+    def _build(self, hints: tuple[Hint, ...]) -> JoinTree:
+        """Return the JoinTree joining ``hints`` (cube names, or join paths as tuples);
+        their order matters for the choice of root."""
         best: tuple[str, list[Join]] | None = None
-        for root in cubes:
-            others = tuple(c for c in cubes if c != root)
+        for index, candidate in enumerate(hints):
+            others = hints[:index] + hints[index + 1:]
+            if isinstance(candidate, tuple):
+                root = candidate[0]
+                others = ((candidate[1:],) if len(candidate) > 1 else ()) + others
+            else:
+                root = candidate
             joins = self._tree_for_root(root, others)
             if joins is not None and (best is None or len(joins) < len(best[1])):
                 best = (root, joins)
+        cubes = tuple(dict.fromkeys(c for hint in hints for c in (hint if isinstance(hint, tuple) else (hint,))))
         if best is None:
             names = ", ".join(f"'{c}'" for c in cubes)
             raise CompileError(f"Can't find join path to join {names}")
         root, joins = best
-        return JoinTree(root=root, joins=tuple(joins), multiplied=self._multiplied(cubes, joins))
+        return JoinTree(root=root, joins=tuple(joins),
+                        multiplied=self._multiplied(tuple(dict.fromkeys((root,) + tuple(j.target for j in joins))), joins))
 
     @staticmethod
     def _multiplied(cubes: tuple[str, ...], joins: list[Join]) -> frozenset[str]:

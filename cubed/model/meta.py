@@ -154,8 +154,10 @@ class ModelMeta:
 
     def _drill_members(self, cube: Cube, measure: Measure) -> list[str]:
         result = []
+        # A view's measure keeps the drill members of the cube measure it exposes.
+        owner = measure.alias_of.partition(".")[0] if measure.alias_of else cube.name
         for ref in measure.drill_members:
-            path = ref if "." in ref else f"{cube.name}.{ref}"
+            path = ref if "." in ref else f"{owner}.{ref}"
             result.append(path)
         return result
 
@@ -176,7 +178,8 @@ class ModelMeta:
             ("shortTitle", own), ("format", measure.format), ("cumulativeTotal", measure.cumulative),
             ("cumulative", measure.cumulative), ("type", data_type),
             ("aggType", _AGG_TYPE_NAMES.get(measure.type, measure.type)), ("drillMembers", drill),
-            ("drillMembersGrouped", grouped), ("meta", measure.meta), ("isVisible", visible),
+            ("drillMembersGrouped", grouped), ("aliasMember", measure.alias_of), ("meta", measure.meta),
+            ("isVisible", visible),
         ])
         annotation = _drop_none([
             ("title", f"{cube_title_} {own}"), ("shortTitle", own), ("description", measure.description),
@@ -197,7 +200,8 @@ class ModelMeta:
             ("name", dimension.path), ("title", f"{cube_title_} {own}"), ("type", dimension.type),
             ("description", dimension.description), ("shortTitle", own),
             ("suggestFilterValues", True if dimension.suggest_filter_values is None else bool(dimension.suggest_filter_values)),
-            ("format", dimension.format), ("meta", dimension.meta), ("isVisible", visible),
+            ("format", dimension.format), ("aliasMember", dimension.alias_of), ("meta", dimension.meta),
+            ("isVisible", visible),
         ])
         annotation = _drop_none([
             ("title", f"{cube_title_} {own}"), ("shortTitle", own), ("description", dimension.description),

@@ -67,7 +67,8 @@ class DimensionCase:
 
 @dataclass(frozen=True)
 class Measure:
-    """A measure of a cube."""
+    """A measure of a cube. In a view, ``alias_of`` names the cube member it exposes and
+    ``join_path`` the cubes joined to reach it (the same two fields on Dimension and Segment)."""
 
     cube: str
     name: str
@@ -81,6 +82,8 @@ class Measure:
     drill_members: tuple[str, ...] = ()
     rolling_window: Mapping[str, Any] | None = None
     meta: Any = None
+    alias_of: str | None = None
+    join_path: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -112,6 +115,8 @@ class Dimension:
     suggest_filter_values: bool | None = None
     field_type: str | None = None
     meta: Any = None
+    alias_of: str | None = None
+    join_path: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -130,6 +135,8 @@ class Segment:
     description: str | None = None
     public: bool | None = None
     meta: Any = None
+    alias_of: str | None = None
+    join_path: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:

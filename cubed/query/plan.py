@@ -13,7 +13,7 @@ from __future__ import annotations
 import zoneinfo
 
 import sqlglot
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
 
 from sqlglot import exp
@@ -73,12 +73,6 @@ class QueryPlan:
 class _TimeDim:
     query: TimeDimension
     dimension: Dimension
-
-    @property
-    def alias(self) -> str | None:
-        if not self.query.granularity:
-            return None
-        return f"{alias_name(self.dimension.path, None)}_{self.query.granularity}"
 
 
 @dataclass
@@ -171,13 +165,16 @@ class QueryPlanner:
         cube = self.model.cubes.get(cube_name)
         return bool(cube and name in cube.segments)
 
-    def _join_hints(self, members: _Members) -> list[str]:
-        hints: list[str] = []
+    def _join_hints(self, members: _Members, join_paths: dict[str, tuple[str, ...]]) -> list[Any]:
+        hints: list[Any] = []
 
         def add(path: str) -> None:
             cube_name, _, name = path.partition(".")
+            join_path = join_paths.get(path)
+            if join_path and len(join_path) > 1 and join_path not in hints:
+                hints.append(join_path)
             for cube in member_cubes(self.model, cube_name, name):
-                if cube not in hints:
+                if cube not in hints and not (join_path and cube in join_path):
                     hints.append(cube)
 
         for m in members.measures:
@@ -194,14 +191,56 @@ class QueryPlanner:
         return hints
 
     # -- planning ------------------------------------------------------------------------
+    def _unview(self, query: Query) -> tuple[Query, dict[str, str], dict[str, tuple[str, ...]]]:
+        """Return the query with view members replaced by the cube members they expose, the
+        exposed name of each, and each one's join path."""
+        exposed: dict[str, str] = {}
+        join_paths: dict[str, tuple[str, ...]] = {}
+
+        def swap(path: str) -> str:
+            cube_name, _, name = path.partition(".")
+            cube = self.model.cubes.get(cube_name)
+            if cube is None or not cube.is_view:
+                return path
+            member = cube.measures.get(name) or cube.dimensions.get(name) or cube.segments.get(name)
+            if member is None or member.alias_of is None:
+                return path  # unknown: reported with the name the client used
+            previous = exposed.get(member.alias_of)
+            if previous is not None and previous != path:
+                raise CompileError(f"'{path}' and '{previous}' expose the same member {member.alias_of}: query one of them")
+            exposed[member.alias_of] = path
+            join_paths[member.alias_of] = member.join_path
+            return member.alias_of
+
+        def swap_filter(item: Any) -> Any:
+            if isinstance(item, FilterGroup):
+                return FilterGroup(item.kind, tuple(swap_filter(child) for child in item.items))
+            return replace(item, member=swap(item.member))
+
+        names = list(query.measures) + list(query.dimensions) + list(query.segments)
+        names += [td.dimension for td in query.time_dimensions] + [leaf.member for f in query.filters for leaf in _leaves(f)]
+        if not any(self.model.cubes.get(n.partition(".")[0]) is not None and self.model.cubes[n.partition(".")[0]].is_view
+                   for n in names):
+            return query, exposed, join_paths
+        rewritten = replace(
+            query,
+            measures=tuple(swap(m) for m in query.measures),
+            dimensions=tuple(swap(d) for d in query.dimensions),
+            segments=tuple(swap(s) for s in query.segments),
+            time_dimensions=tuple(replace(td, dimension=swap(td.dimension)) for td in query.time_dimensions),
+            filters=tuple(swap_filter(f) for f in query.filters),
+        )
+        return rewritten, exposed, join_paths
+
     def plan(self, query: Query) -> QueryPlan:
         """Return the QueryPlan of a normalized query; CompileError/UserError for bad queries."""
-        members = self._resolve(query)
-        hints = self._join_hints(members)
+        planned, exposed, join_paths = self._unview(query)
+        members = self._resolve(planned)
+        hints = self._join_hints(members, join_paths)
         if not hints:
             raise UserError("Query should contain either measures, dimensions or timeDimensions with granularities in order to be valid")
         data_sources = []
-        for cube_name in hints:
+        for cube_name in dict.fromkeys(c for h in hints for c in (h if isinstance(h, tuple) else (h,))):
             source = self.model.cubes[cube_name].data_source
             if source not in data_sources:
                 data_sources.append(source)
@@ -216,13 +255,14 @@ class QueryPlanner:
         tree = self.joins.build(tuple(hints))
         if query.ungrouped:
             self._check_ungrouped(tree, members)
-        builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins)
+        builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, exposed=exposed)
         order = builder.order
         select = builder.build()
         rendered = render_sql(select, builder.params.values, dialect)
         total_sql = None
         if query.total:
-            total_builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins, total=True)
+            total_builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, total=True,
+                                        exposed=exposed)
             inner = total_builder.build()
             total_tree = exp.select(exp.Count(this=exp.Star()).as_(quoted("total_count"), copy=False), copy=False).from_(
                 exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted("original_query"))), copy=False)
@@ -232,8 +272,8 @@ class QueryPlanner:
             query=query, data_source=data_source, db_type=self.db_type_for(data_source), dialect=dialect,
             sql=rendered, columns=tuple(builder.columns), order=order, cubes=tuple(tree.cubes),
             total_sql=total_sql,
-            time_dimension_alias=first_td.alias if first_td else None,
-            time_dimension_field=first_td.query.dimension if first_td else None,
+            time_dimension_alias=builder.time_alias(first_td) if first_td else None,
+            time_dimension_field=builder.public(first_td.query.dimension) if first_td else None,
         )
 
     def _check_ungrouped(self, tree: JoinTree, members: _Members) -> None:
@@ -275,9 +315,11 @@ class _SqlBuilder:
 
     def __init__(self, model: Model, tree: JoinTree, members: _Members, query: Query, dialect: str,
                  joins: JoinGraph, total: bool = False, params: ParamAllocator | None = None,
-                 alias_prefix: str | None = None, ordered: bool = True) -> None:
+                 alias_prefix: str | None = None, ordered: bool = True,
+                 exposed: dict[str, str] | None = None) -> None:
         self.model = model
         self.joins = joins
+        self.exposed = exposed or {}
         self.tree = tree
         self.m = members
         self.query = query
@@ -292,15 +334,12 @@ class _SqlBuilder:
                                        context_reference=self._context_reference)
         self.columns: list[SelectedColumn] = []
         for d in members.dimensions:
-            self.columns.append(SelectedColumn(alias_name(d.path, model.cubes[d.cube].sql_alias), d.path, "dimension"))
+            self.columns.append(SelectedColumn(self._alias(d.path), self.public(d.path), "dimension"))
         for td in members.time_dimensions:
             if td.query.granularity:
-                cube_alias = model.cubes[td.dimension.cube].sql_alias
-                self.columns.append(SelectedColumn(
-                    f"{alias_name(td.dimension.path, cube_alias)}_{td.query.granularity}",
-                    f"{td.dimension.path}.{td.query.granularity}", "time"))
+                self.columns.append(SelectedColumn(self.time_alias(td), f"{self.public(td.dimension.path)}.{td.query.granularity}", "time"))
         for measure in members.measures:
-            self.columns.append(SelectedColumn(alias_name(measure.path, model.cubes[measure.cube].sql_alias), measure.path, "measure"))
+            self.columns.append(SelectedColumn(self._alias(measure.path), self.public(measure.path), "measure"))
         self.order = self._effective_order()
         # A sub_query dimension's own sub-query computes it as a measure: skip that one.
         paths = [m.path for m in members.measures if m.name in model.cubes[m.cube].measures]
@@ -342,14 +381,20 @@ class _SqlBuilder:
             selects.append(exp.alias_(self.renderer.dimension_sql(d, ctx), quoted(self._alias(d.path)), copy=False))
         for td in self.m.time_dimensions:
             if td.query.granularity:
-                selects.append(exp.alias_(self._time_sql(td, ctx), quoted(self._time_alias(td)), copy=False))
+                selects.append(exp.alias_(self._time_sql(td, ctx), quoted(self.time_alias(td)), copy=False))
         return selects
 
-    def _alias(self, path: str) -> str:
-        cube_name = path.partition(".")[0]
-        return alias_name(path, self.model.cubes[cube_name].sql_alias)
+    def public(self, path: str) -> str:
+        """Return the name the client used for a member (a view's member, or the member)."""
+        return self.exposed.get(path, path)
 
-    def _time_alias(self, td: _TimeDim) -> str:
+    def _alias(self, path: str) -> str:
+        public = self.public(path)
+        cube = self.model.cubes[public.partition(".")[0]]
+        return alias_name(public, cube.sql_alias)
+
+    def time_alias(self, td: _TimeDim) -> str:
+        """Return the SQL alias of a time dimension's column (``<dimension alias>_<granularity>``)."""
         return f"{self._alias(td.dimension.path)}_{td.query.granularity}"
 
     def _in_query_zone(self, value: exp.Expression) -> exp.Expression:
@@ -494,11 +539,11 @@ class _SqlBuilder:
             return ()
         first_td = next((td for td in self.m.time_dimensions if td.query.granularity), None)
         if first_td is not None:
-            return (OrderItem(first_td.query.dimension, False),)
+            return (OrderItem(self.public(first_td.query.dimension), False),)
         if self.m.measures and self.m.dimensions:
-            return (OrderItem(self.m.measures[0].path, True),)
+            return (OrderItem(self.public(self.m.measures[0].path), True),)
         if self.m.dimensions:
-            return (OrderItem(self.m.dimensions[0].path, False),)
+            return (OrderItem(self.public(self.m.dimensions[0].path), False),)
         return ()
 
     def _order_limit(self, select: exp.Select) -> exp.Select:
@@ -766,12 +811,12 @@ class _SqlBuilder:
             series_alias = f"{td.dimension.path}_series"
             date_range = self._series_range(td)
             select_from.append(self._series_table(td, series_alias))
-            selects.append(exp.alias_(exp.column("date_from", table=series_alias, quoted=True), quoted(self._time_alias(td)), copy=False))
+            selects.append(exp.alias_(exp.column("date_from", table=series_alias, quoted=True), quoted(self.time_alias(td)), copy=False))
             on_parts.append(self._window_condition(
                 measure, window,
                 lambda a=series_alias: exp.column("date_from", table=a, quoted=True),
                 lambda a=series_alias: exp.column("date_to", table=a, quoted=True),
-                exp.column(self._time_alias(td), table=base_alias, quoted=True),
+                exp.column(self.time_alias(td), table=base_alias, quoted=True),
                 lambda r=date_range: exp.Literal.string(r[0]), False))
         column = exp.column(self._alias(measure.path), table=base_alias, quoted=True)
         selects.append(exp.alias_(self._reaggregate(measure, column, ungroup), quoted(self._alias(measure.path)), copy=False))

@@ -170,3 +170,41 @@ cubes:
     def test_unknown_join_target(self) -> None:
         self.assertModelError(BASE.replace("name: Users\n        relationship", "name: Nobody\n        relationship"),
                               "Cube Nobody doesn't exist")
+
+
+VIEWS = BASE + """
+views:
+  - name: Shop
+    cubes:
+      - join_path: Orders
+        includes: "*"
+        excludes: [id]
+      - join_path: Orders.Users
+        prefix: true
+        alias: customer
+        includes:
+          - name: count
+            alias: customers
+            title: Customers
+"""
+
+
+class ViewTests(TestCase):
+    def test_view_members_expose_cube_members_with_their_join_path(self) -> None:
+        model = compile_text(self, VIEWS)
+        view = model.cubes["Shop"]
+        self.assertTrue(view.is_view)
+        self.assertEqual(list(view.measures), ["count", "customers"])
+        self.assertEqual(view.measures["customers"].alias_of, "Users.count")
+        self.assertEqual(view.measures["customers"].join_path, ("Orders", "Users"))
+        self.assertEqual(view.measures["customers"].title, "Customers")
+        self.assertNotIn("id", view.dimensions)
+
+    def test_view_errors(self) -> None:
+        with self.assertRaises(ModelError) as caught:
+            compile_text(self, VIEWS.replace("join_path: Orders.Users", "join_path: Users.Orders"))
+        self.assertIn("view 'Shop'", str(caught.exception))
+        self.assertIn("'Users' has no join to 'Orders'", str(caught.exception))
+        with self.assertRaises(ModelError) as caught:
+            compile_text(self, VIEWS.replace("            alias: customers\n", ""))
+        self.assertIn("included twice", str(caught.exception))

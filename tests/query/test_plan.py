@@ -231,3 +231,32 @@ class SubQueryDimensionTests(TestCase):
                                      filters=(FilterCondition("Users.orderCount", "gt", ("5",)),)))
         self.assertIn('WHERE ("users__order_count" > $1)', plan.sql.display)
         self.assertEqual(plan.sql.params, ("5",))
+
+
+class ViewPlanTests(TestCase):
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        for source in MODEL.glob("*.yml"):
+            (directory / source.name).write_text(source.read_text())
+        (directory / "views.yml").write_text(
+            "views:\n  - name: Sales\n    cubes:\n      - join_path: LineItems\n        includes: [revenue]\n"
+            "      - join_path: LineItems.Orders.Users\n        prefix: true\n        alias: customer\n"
+            "        includes: [state]\n")
+        self.model = compile_directory(directory, lambda _ds: "postgres", lambda _ds: "postgres")
+
+    def test_view_members_plan_as_their_cube_members_under_the_view_names(self) -> None:
+        plan = self.model.plan(Query(measures=("Sales.revenue",), dimensions=("Sales.customer_state",),
+                                     order=(OrderItem("Sales.customer_state"),)))
+        self.assertEqual(
+            plan.sql.display,
+            'SELECT "users".state AS "sales__customer_state", SUM("line_items".price * "line_items".quantity) AS '
+            '"sales__revenue" FROM public.line_items AS "line_items" LEFT JOIN public.orders AS "orders" ON '
+            '"line_items".order_id = "orders".id LEFT JOIN public.users AS "users" ON "orders".user_id = "users".id '
+            "GROUP BY 1 ORDER BY 1 ASC LIMIT 10000")
+        self.assertEqual(plan.alias_to_member, {"sales__revenue": "Sales.revenue", "sales__customer_state": "Sales.customer_state"})
+
+    def test_unknown_view_member_is_reported_with_its_view_name(self) -> None:
+        with self.assertRaises(CompileError) as caught:
+            self.model.plan(Query(measures=("Sales.nope",)))
+        self.assertEqual(str(caught.exception), "'nope' not found for path 'Sales.nope'")
