@@ -206,5 +206,5 @@ class ViewTests(TestCase):
         self.assertIn("view 'Shop'", str(caught.exception))
         self.assertIn("'Users' has no join to 'Orders'", str(caught.exception))
         with self.assertRaises(ModelError) as caught:
-            compile_text(self, VIEWS.replace("            alias: customers\n", ""))
+            compile_text(self, VIEWS.replace("            alias: customers\n", "").replace("prefix: true", "prefix: false"))
         self.assertIn("included twice", str(caught.exception))
