@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import zoneinfo
+from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +24,11 @@ LOG_FORMATS = ("text", "json")
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
 _DURATION = re.compile(r"^(\d+)([smh]?)$")
+_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DATA_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+#: The JWT algorithms cubed verifies (HMAC with a shared secret, as CUBEJS_API_SECRET is).
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
 @dataclass(frozen=True)
@@ -95,30 +102,64 @@ class Settings:
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Return the variables of a ``.env`` file (``KEY=value``, ``export`` allowed, quotes
-    stripped, ``#`` comments); an absent file gives an empty dict."""
+    """Return the variables of a ``.env`` file; an absent file gives an empty dict.
+
+    The format is the one Cube's dotenv reads: ``KEY=value`` lines, an optional ``export ``
+    prefix, values in single, double or back quotes (``\\n`` in double quotes is a newline),
+    ``#`` comment lines and `` #`` comments after a value. A line that is not of that form,
+    or a file that cannot be read, raises ConfigError naming ``file:line``.
+    """
     result: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         return result
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ConfigError(f"{path}: cannot read: {reason}") from None
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
+        if line.startswith("export ") or line.startswith("export\t"):
+            line = line[len("export"):].lstrip()
         key, sep, value = line.partition("=")
         key = key.strip()
-        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+        if not sep or not _KEY.match(key):
             raise ConfigError(f"{path}:{number}: not a KEY=value line")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        result[key] = value
+        result[key] = _dotenv_value(value, f"{path}:{number}")
     return result
+
+
+def _dotenv_value(value: str, where: str) -> str:
+    """Return the value part of one ``.env`` line (quotes removed, comment dropped)."""
+    value = value.rstrip()
+    if value.lstrip()[:1] in ("'", '"', "`"):
+        value = value.lstrip()
+        quote = value[0]
+        end = value.find(quote, 1)
+        while quote == '"' and end != -1 and _escaped(value, end):
+            end = value.find(quote, end + 1)
+        if end == -1:
+            raise ConfigError(f"{where}: unterminated {quote} quote")
+        rest = value[end + 1:].strip()
+        if rest and not rest.startswith("#"):
+            raise ConfigError(f"{where}: unexpected text after the closing {quote} quote")
+        inner = value[1:end]
+        if quote == '"':
+            inner = inner.replace("\\n", "\n").replace('\\"', '"')
+        return inner
+    # A comment starts at a "#" after white space; "a#b" (a password, say) keeps its "#".
+    match = re.search(r"\s#", value)
+    return (value[:match.start()] if match else value).strip()
+
+
+def _escaped(text: str, index: int) -> bool:
+    """Return whether the character at ``index`` follows an odd number of backslashes."""
+    count = 0
+    while index - count - 1 >= 0 and text[index - count - 1] == "\\":
+        count += 1
+    return count % 2 == 1
 
 
 class _Reader:
@@ -161,9 +202,11 @@ class _Reader:
             return default
         return parse_duration(value, key)
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+    def choice(self, key: str, default: str, choices: tuple[str, ...], fold: bool = False) -> str:
         value = self.str(key, default)
         assert value is not None
+        if fold and value.strip().lower() in choices:
+            return value.strip().lower()
         if value not in choices:
             raise ConfigError(f'Value "{value}" is not valid for {key}. Must be one of: {", ".join(choices)}.')
         return value
@@ -185,12 +228,20 @@ def parse_duration(value: str, key: str) -> float:
     return float(number * {"": 1, "s": 1, "m": 60, "h": 3600}[unit])
 
 
+@lru_cache(maxsize=1)
+def _zone_names() -> dict[str, str]:
+    names = {name.lower(): name for name in zoneinfo.available_timezones()}
+    names.setdefault("utc", "UTC")
+    return names
+
+
 def _timezone(value: str, key: str) -> str:
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f'Value "{value}" is not valid for {key}. Must be an IANA time zone.') from None
-    return value
+    """Return the IANA spelling of the zone ``value`` (any case, as the query's ``timezone``);
+    ConfigError naming ``key`` when it names no zone."""
+    canonical = _zone_names().get(value.strip().lower())
+    if canonical is None:
+        raise ConfigError(f'Value "{value}" is not valid for {key}. Must be an IANA time zone.')
+    return canonical
 
 
 def _data_source(reader: _Reader, name: str, project_dir: Path) -> DataSourceSettings:
@@ -226,10 +277,45 @@ def _listen_endpoint(port: str, key: str) -> tuple[str, int]:
         if not 0 <= number <= 65535:
             raise ConfigError(f'Value "{port}" is not valid for {key}. Should be lower or equal than 65535.')
         return f"tcp:{number}", number
-    if re.match(r"^(tcp|tcp6|unix|systemd|ssl):", value):
-        match = re.match(r"^tcp6?:(\d+)", value)
-        return value, int(match.group(1)) if match else 0
-    raise ConfigError(f'Value "{port}" is not valid for {key}. Must be a port number or an endpoint string.')
+    if ":" not in value:
+        raise ConfigError(f'Value "{port}" is not valid for {key}. Must be a port number or an endpoint string.')
+    _check_endpoint(value, key)
+    match = re.match(r"^(?:tcp6?|ssl):(?:port=)?(\d+)", value)
+    return value, int(match.group(1)) if match else 0
+
+
+def _check_endpoint(value: str, key: str) -> None:
+    """Raise ConfigError naming ``key`` unless ``value`` is a server endpoint description
+    Twisted can listen on (``tcp:4000:interface=127.0.0.1``, ``unix:/run/cubed.sock``,
+    ``systemd:domain=INET:index=0``, ``ssl:...``). Nothing is opened."""
+    prefix, _, rest = value.partition(":")
+    if prefix == "systemd":
+        # The descriptors systemd passes exist only under systemd: check the form here; a
+        # missing socket is reported when the listener is made.
+        args = dict(part.partition("=")[::2] for part in rest.split(":") if part)
+        domain, index, name = args.pop("domain", ""), args.pop("index", None), args.pop("name", None)
+        if not domain or not hasattr(socket, f"AF_{domain}"):
+            reason = "systemd needs domain=INET, INET6 or UNIX"
+        elif (index is None) == (name is None) or (index is not None and not index.isdigit()):
+            reason = "systemd needs exactly one of index=N or name=NAME"
+        elif args:
+            reason = f"unknown systemd argument {sorted(args)[0]}"
+        else:
+            return
+        raise ConfigError(f'Value "{value}" is not valid for {key}. Not an endpoint: {reason}.')
+    from twisted.internet.endpoints import serverFromString
+
+    try:
+        # Parsing needs no reactor: the endpoint only keeps it for listen().
+        serverFromString(object(), value)
+    except Exception as error:  # Twisted's parsers raise ValueError, TypeError, KeyError, OSError
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ConfigError(f'Value "{value}" is not valid for {key}. Not an endpoint: {reason}.') from None
+
+
+def _interface(host: str) -> str:
+    """Return ``host`` escaped for an endpoint description (IPv6 colons)."""
+    return host.replace("\\", "\\\\").replace(":", "\\:")
 
 
 def load_settings(
@@ -255,22 +341,40 @@ def load_settings(
     port_value = options.get("port") or reader.str("PORT", "4000")
     listen, port = _listen_endpoint(str(port_value), "--port" if options.get("port") else "PORT")
     if options.get("listen"):
-        listen = str(options["listen"])
-    elif listen.startswith("tcp:") and not str(port_value).startswith("tcp"):
+        listen = str(options["listen"]).strip()
+        _check_endpoint(listen, "--listen")
+    elif str(port_value).strip().isdigit():
         host = reader.str("CUBED_HOST", "127.0.0.1" if dev_mode else "0.0.0.0")
-        listen = f"{listen}:interface={host}"
+        assert host is not None
+        listen = f"{listen}:interface={_interface(host.strip())}"
 
     base_path = reader.str("CUBEJS_BASE_PATH", "/cubejs-api") or "/cubejs-api"
     if not base_path.startswith("/") or base_path.endswith("/") and base_path != "/":
         raise ConfigError(f'Value "{base_path}" is not valid for CUBEJS_BASE_PATH. Must start with / and not end with /.')
 
-    api_secret = reader.str("CUBEJS_API_SECRET")
-    if not dev_mode and not api_secret and not reader.str("CUBEJS_JWT_KEY") and not reader.str("CUBEJS_JWK_URL"):
+    if reader.str("CUBEJS_JWK_URL"):
+        raise ConfigError("CUBEJS_JWK_URL is not supported: cubed verifies HMAC tokens "
+                          "with CUBEJS_API_SECRET (or CUBEJS_JWT_KEY).")
+    # As in Cube, CUBEJS_JWT_KEY is the verification key when set, else CUBEJS_API_SECRET.
+    api_secret = reader.str("CUBEJS_JWT_KEY") or reader.str("CUBEJS_API_SECRET")
+    if not dev_mode and not api_secret:
         raise ConfigError("CUBEJS_API_SECRET is required outside dev mode (set it, or CUBEJS_DEV_MODE=true).")
+    jwt_algorithms = reader.list("CUBEJS_JWT_ALGS") or ("HS256",)
+    for algorithm in jwt_algorithms:
+        if algorithm not in JWT_ALGORITHMS:
+            raise ConfigError(f'Value "{algorithm}" is not valid for CUBEJS_JWT_ALGS. '
+                              f'Must be one of: {", ".join(JWT_ALGORITHMS)}.')
 
     names = reader.list("CUBEJS_DATASOURCES")
+    listed = ",".join(names)
     if names and "default" not in names:
-        raise ConfigError('Value "{}" is not valid for CUBEJS_DATASOURCES. It must list "default".'.format(",".join(names)))
+        raise ConfigError(f'Value "{listed}" is not valid for CUBEJS_DATASOURCES. It must list "default".')
+    for name in names:
+        if not _DATA_SOURCE_NAME.match(name):
+            raise ConfigError(f'Value "{listed}" is not valid for CUBEJS_DATASOURCES. '
+                              f'"{name}" is not a data source name (letters, digits, _).')
+        if names.count(name) > 1 or [n.upper() for n in names].count(name.upper()) > 1:
+            raise ConfigError(f'Value "{listed}" is not valid for CUBEJS_DATASOURCES. "{name}" is listed twice.')
     data_sources = tuple(_data_source(reader, name, directory) for name in (names or ("default",)))
 
     db_query_limit = reader.int("CUBEJS_DB_QUERY_LIMIT", 50000, minimum=1)
@@ -280,18 +384,20 @@ def load_settings(
     timezones = tuple(
         _timezone(tz, "CUBEJS_SCHEDULED_REFRESH_TIMEZONES") for tz in reader.list("CUBEJS_SCHEDULED_REFRESH_TIMEZONES")
     ) or ("UTC",)
-    refresh_raw = reader.str("CUBEJS_REFRESH_WORKER", reader.str("CUBEJS_SCHEDULED_REFRESH"))
+    # CUBEJS_REFRESH_WORKER and its legacy names (CUBEJS_SCHEDULED_REFRESH, then
+    # CUBEJS_SCHEDULED_REFRESH_TIMER, which lose to it) are true/false or the loop's interval,
+    # which also turns the loop on.
     refresh_worker = False
-    refresh_timer = reader.duration("CUBEJS_SCHEDULED_REFRESH_TIMER", 30.0)
-    if refresh_raw is not None:
-        lowered = refresh_raw.strip().lower()
-        if lowered in _TRUE:
-            refresh_worker = True
-        elif lowered in _FALSE:
-            refresh_worker = False
+    refresh_timer = 30.0
+    for key in ("CUBEJS_SCHEDULED_REFRESH_TIMER", "CUBEJS_SCHEDULED_REFRESH", "CUBEJS_REFRESH_WORKER"):
+        raw = reader.str(key)
+        if raw is None:
+            continue
+        lowered = raw.strip().lower()
+        if lowered in _TRUE or lowered in _FALSE:
+            refresh_worker = lowered in _TRUE
         else:
-            refresh_worker = True
-            refresh_timer = parse_duration(refresh_raw, "CUBEJS_REFRESH_WORKER")
+            refresh_timer, refresh_worker = parse_duration(raw, key), True
 
     redis_url = reader.str("CUBEJS_REDIS_URL", reader.str("REDIS_URL"))
     driver_default = "redis" if redis_url else "memory"
@@ -320,21 +426,23 @@ def load_settings(
         scheduled_refresh_timer=refresh_timer,
         scheduled_refresh_timezones=timezones,
         pre_aggregations_schema=reader.str("CUBEJS_PRE_AGGREGATIONS_SCHEMA"),
-        jwt_algorithms=reader.list("CUBEJS_JWT_ALGS") or ("HS256",),
+        jwt_algorithms=jwt_algorithms,
         jwt_audience=reader.str("CUBEJS_JWT_AUDIENCE"),
         jwt_issuer=reader.list("CUBEJS_JWT_ISSUER"),
         jwt_subject=reader.str("CUBEJS_JWT_SUBJECT"),
         jwt_claims_namespace=reader.str("CUBEJS_JWT_CLAIMS_NAMESPACE"),
         max_request_size=max_request_size,
         log_format=reader.choice("CUBED_LOG_FORMAT", "text", LOG_FORMATS),
-        log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", ("trace", "debug", "info", "warn", "error")),
+        log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", LOG_LEVELS, fold=True),
         extra=merged,
     )
 
 
 def _size(value: str) -> int:
-    match = re.match(r"^(\d+)\s*(b|kb|mb|gb)?$", value.strip().lower())
-    if not match:
+    """Return bytes from ``CUBEJS_MAX_REQUEST_SIZE`` (``1048576``, ``512kb``, ``1.5mb``)."""
+    match = re.match(r"^(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?$", value.strip().lower())
+    size = int(float(match.group(1)) * {"b": 1, None: 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[match.group(2)]) \
+        if match else 0
+    if size < 1:
         raise ConfigError(f'Value "{value}" is not valid for CUBEJS_MAX_REQUEST_SIZE. Must be a size like 1mb or 512kb.')
-    unit = {"b": 1, None: 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}[match.group(2)]
-    return int(match.group(1)) * unit
+    return size

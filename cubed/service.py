@@ -37,7 +37,10 @@ class Options(usage.Options):
         """Make twistd log through cubed's observer (text or JSON lines with request ids)."""
         from cubed.logs import install_for_twistd
 
-        install_for_twistd(self)
+        if install_for_twistd(self) and self["project-dir"]:
+            # The observer reads CUBED_LOG_FORMAT/CUBEJS_LOG_LEVEL from the .env of
+            # CUBED_PROJECT_DIR: make that the --project-dir the settings are read from.
+            os.environ["CUBED_PROJECT_DIR"] = str(Path(self["project-dir"]).resolve())
 
 
 class BackendsService(service.Service):
@@ -162,7 +165,13 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
         server = build_server(settings, reactor)
     except (ConfigError, ModelError) as error:
         raise SystemExit(f"cubed: {error}") from None
-    listener = strports.service(settings.listen, server.site)
+    try:
+        listener = strports.service(settings.listen, server.site)
+    except Exception as error:  # e.g. systemd:... without a socket passed by systemd
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        if settings.listen.startswith("systemd:") and isinstance(error, (IndexError, KeyError)):
+            reason = "no such socket passed by systemd (LISTEN_FDS)"
+        raise SystemExit(f"cubed: cannot listen on {settings.listen}: {reason}") from None
     listener.setName("http")
     server.root.add_listener(listener)
     Logger().info("cubed serving {model} on {listen} ({mode})", model=str(settings.resolved_schema_path),
