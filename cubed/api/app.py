@@ -92,7 +92,9 @@ class CubedApi:
             ("/v1/dry-run", ("GET", "POST"), self._dry_run),
             ("/v1/meta", ("GET",), self._meta),
         ]
+        self.known_paths = {b"/readyz", b"/livez"}
         for path, methods, handler in routes:
+            self.known_paths.add((base + path).encode())
             self.app.route(base + path, methods=list(methods), endpoint=f"{handler.__name__}{path}")(
                 self._wrap(handler, authenticate=True))
         self.app.route("/readyz", methods=["GET"], endpoint="readyz")(self._probe(self.readiness))
@@ -233,6 +235,10 @@ class CubedApi:
         error = failure.value
         if isinstance(error, HTTPException):
             status = error.code or 500
+            if status == 405 and request.path.rstrip(b"/") not in self.known_paths:
+                # The OPTIONS route matches every path, so werkzeug reports a wrong method
+                # where there is no route at all.
+                status = 404
             message = "Not Found" if status == 404 else (error.name or "Error")
             return self._respond(request, status, encode_json({"error": message}))
         self.log.failure("unhandled error", failure=failure)

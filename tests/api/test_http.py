@@ -339,12 +339,11 @@ class DuckDBApiTests(unittest.TestCase):
             self.assertIsInstance(answer.json()["error"], str)
             self.assertEqual((answer.status, path), (404, path), answer.text)
 
-    # An expected failure until cubed is fixed; trial reports it as an unexpected success (a
-    # failure of `make test`) once it passes, so this line gets removed then.
-    test_unknown_path.todo = (  # type: ignore[attr-defined]
-        "cubed answers 405 {\"error\":\"Method Not Allowed\"} for every unknown path: the OPTIONS "
-        "catch-all route (branch=True on /) makes werkzeug see a method mismatch instead of no route"
-    )
+    async def test_wrong_method_on_a_known_path(self) -> None:
+        """A known path with a method it does not take answers 405, not 404."""
+        server = await self.server()
+        answer = await call("DELETE", server.url + f"{BASE}/meta", auth(server))
+        self.assertEqual(answer.status, 405, answer.text)
 
     # -- CORS --------------------------------------------------------------------------------
     async def test_cors_on_every_answer(self) -> None:
