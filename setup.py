@@ -24,6 +24,7 @@ setup(
         "sqlglot>=30.0,<31",
         "APScheduler>=3.10,<4",
         "duckdb>=1.1",
+        "PyMySQL>=1.1,<2",
         "PyYAML>=6.0",
         "tzdata",
     ],

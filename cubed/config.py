@@ -17,7 +17,7 @@ from typing import Mapping
 
 from cubed.errors import ConfigError
 
-DB_TYPES = ("duckdb", "postgres")
+DB_TYPES = ("duckdb", "postgres", "sqlite", "mysql")
 CACHE_AND_QUEUE_DRIVERS = ("memory", "redis")
 LOG_FORMATS = ("text", "json")
 
@@ -252,12 +252,16 @@ def _data_source(reader: _Reader, name: str, project_dir: Path) -> DataSourceSet
         raw = reader.str(f"{prefix}DB_DUCKDB_DATABASE_PATH")
         if raw:
             duckdb_path = Path(raw) if Path(raw).is_absolute() else (project_dir / raw)
+    database = reader.str(f"{prefix}DB_NAME")
+    if db_type == "sqlite" and database and database != ":memory:" and not Path(database).is_absolute():
+        # SQLite's CUBEJS_DB_NAME is the database file (as Cube reads it), found from the project.
+        database = str(project_dir / database)
     return DataSourceSettings(
         name=name,
         db_type=db_type,
         host=reader.str(f"{prefix}DB_HOST"),
         port=reader.int(f"{prefix}DB_PORT", None, minimum=1, maximum=65535),
-        database=reader.str(f"{prefix}DB_NAME"),
+        database=database,
         user=reader.str(f"{prefix}DB_USER"),
         password=reader.str(f"{prefix}DB_PASS"),
         url=reader.str(f"{prefix}DB_URL"),

@@ -281,7 +281,7 @@ class InvalidSettingTests(ProjectMixin, unittest.TestCase):
 
     def test_db_type(self) -> None:
         message = self.assertRejected({"CUBEJS_DB_TYPE": "oracle"}, "CUBEJS_DB_TYPE", value="oracle")
-        self.assertEqual(message, 'Value "oracle" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres.')
+        self.assertEqual(message, 'Value "oracle" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres, sqlite, mysql.')
 
     def test_dev_mode(self) -> None:
         message = self.assertRejected({"CUBEJS_DEV_MODE": "maybe"}, "CUBEJS_DEV_MODE", value="maybe")
@@ -366,7 +366,7 @@ class InvalidSettingTests(ProjectMixin, unittest.TestCase):
     def test_value_from_dotenv_is_named_too(self) -> None:
         directory = self.project("CUBEJS_DB_TYPE=mssql\n")
         error = self.assertRaises(ConfigError, load_settings, dict(SECRET), directory, {})
-        self.assertEqual(str(error), 'Value "mssql" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres.')
+        self.assertEqual(str(error), 'Value "mssql" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres, sqlite, mysql.')
 
 
 class DataSourceTests(ProjectMixin, unittest.TestCase):

@@ -294,7 +294,7 @@ class BadSettingTests(StartupTestCase):
     @inlineCallbacks
     def test_db_type(self) -> Any:
         line = yield self.fails_to_start(["cubed"], self.environ(CUBEJS_DB_TYPE="oracle"), self.project())
-        self.assertEqual(line, 'cubed: Value "oracle" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres.')
+        self.assertEqual(line, 'cubed: Value "oracle" is not valid for CUBEJS_DB_TYPE. Must be one of: duckdb, postgres, sqlite, mysql.')
 
     @inlineCallbacks
     def test_port(self) -> Any:

@@ -7,7 +7,7 @@ from cubed.config import DataSourceSettings
 from cubed.drivers.base import Driver
 from cubed.errors import ConfigError
 
-SUPPORTED_DB_TYPES = ("duckdb", "postgres")
+SUPPORTED_DB_TYPES = ("duckdb", "postgres", "sqlite", "mysql")
 
 
 def make_driver(settings: DataSourceSettings, reactor: Any) -> Driver:
@@ -24,6 +24,14 @@ def make_driver(settings: DataSourceSettings, reactor: Any) -> Driver:
         from cubed.drivers.duckdb import DuckDBDriver
 
         return DuckDBDriver(settings, reactor)
+    if settings.db_type == "sqlite":
+        from cubed.drivers.sqlite import SQLiteDriver
+
+        return SQLiteDriver(settings, reactor)
+    if settings.db_type == "mysql":
+        from cubed.drivers.mysql import MySQLDriver
+
+        return MySQLDriver(settings, reactor)
     variable = "CUBEJS_DB_TYPE" if settings.name == "default" else f"CUBEJS_DS_{settings.name.upper()}_DB_TYPE"
     raise ConfigError(
         f'Value "{settings.db_type}" is not valid for {variable}. '

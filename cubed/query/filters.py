@@ -21,6 +21,7 @@ from cubed.query.types import FilterCondition
 
 DATE_OPERATORS = frozenset({"inDateRange", "notInDateRange", "onTheDate", "beforeDate", "afterDate",
                             "beforeOrOnDate", "afterOrOnDate"})
+COMPARISON_OPERATORS = frozenset({"equals", "notEquals", "in", "notIn", "gt", "gte", "lt", "lte"})
 LIKE_OPERATORS = {
     "contains": (False, True, True), "notContains": (True, True, True),
     "startsWith": (False, False, True), "notStartsWith": (True, False, True),
@@ -62,22 +63,32 @@ class FilterBuilder:
         self.sql_dialect = sql_dialect
 
     def condition(self, condition: FilterCondition, column: exp.Expression,
-                  string_time: bool = False) -> exp.Expression | None:
+                  string_time: bool = False, member_type: str | None = None) -> exp.Expression | None:
         """Return the SQL condition of ``condition`` on ``column`` (None when it filters nothing).
 
         ``string_time`` marks a time dimension stored as text: date bounds are then compared
-        without a timestamp cast.
+        without a timestamp cast. ``member_type`` is the filtered member's type (a dimension's,
+        or a measure's): equality and comparison values go through the dialect's
+        ``filter_value`` (1/0 for booleans and numbers for numeric text where the engine does
+        not convert text itself), both sides of a comparison with a ``time`` dimension
+        through its ``time_value`` (text times normalised on SQLite).
         """
         op = condition.operator
         values = list(condition.values or ())
         has_null = None in values
         present = [v for v in values if v is not None]
         column = _paren(column)
+        if op in DATE_OPERATORS:
+            return self._date(op, values, column, string_time)
+        if op in COMPARISON_OPERATORS:
+            present = [self.sql_dialect.filter_value(v, member_type) for v in present]
+        allocate = self.params.allocate
+        if member_type == "time" and not string_time and op in COMPARISON_OPERATORS:
+            column = self.sql_dialect.time_value(column)
+            allocate = lambda value: self.sql_dialect.time_value(self.params.allocate(value))  # noqa: E731
 
         if op in ("set", "notSet"):
             return exp.Not(this=exp.Is(this=column, expression=exp.Null())) if op == "set" else exp.Is(this=column, expression=exp.Null())
-        if op in DATE_OPERATORS:
-            return self._date(op, values, column, string_time)
         if op in LIKE_OPERATORS:
             negate, leading, trailing = LIKE_OPERATORS[op]
             if not present:
@@ -105,11 +116,11 @@ class FilterBuilder:
                 null_test = exp.Is(this=column, expression=exp.Null())
                 return exp.Not(this=null_test) if negate else null_test
             if multi:
-                test: exp.Expression = exp.In(this=column, expressions=[self.params.allocate(v) for v in present])
+                test: exp.Expression = exp.In(this=column, expressions=[allocate(v) for v in present])
                 if negate:
                     test = exp.Not(this=test)
             else:
-                placeholder = self.params.allocate(present[0])
+                placeholder = allocate(present[0])
                 test = exp.NEQ(this=column, expression=placeholder) if negate else exp.EQ(this=column, expression=placeholder)
             add_null = (not has_null) if negate else has_null
             return exp.Or(this=test, expression=exp.Is(this=column, expression=exp.Null())) if add_null else test
@@ -117,7 +128,7 @@ class FilterBuilder:
             if not present:
                 raise UserError(f"Values required for filter: {filter_json(condition)}")
             node = {"gt": exp.GT, "gte": exp.GTE, "lt": exp.LT, "lte": exp.LTE}[op]
-            return node(this=column, expression=self.params.allocate(present[0]))
+            return node(this=column, expression=allocate(present[0]))
         raise UserError(f"Operator {op} not supported for filter: {filter_json(condition)}")
 
     def _null_check(self, column: exp.Expression, negate: bool, has_null: bool) -> exp.Expression:
@@ -130,6 +141,8 @@ class FilterBuilder:
         return placeholder if string_time else self.sql_dialect.utc_instant(placeholder)
 
     def _date(self, op: str, values: list[Any], column: exp.Expression, string_time: bool) -> exp.Expression:
+        if not string_time:
+            column = self.sql_dialect.time_value(column)
         start = dates.local_to_utc_param(dates.filter_bound(values[0] if values else None, self.timezone, end=False), self.timezone)
         if op in ("beforeDate", "afterDate", "beforeOrOnDate", "afterOrOnDate"):
             node = {"beforeDate": exp.LT, "afterDate": exp.GT, "beforeOrOnDate": exp.LTE, "afterOrOnDate": exp.GTE}[op]
@@ -147,7 +160,7 @@ class FilterBuilder:
         """Return the condition of a time dimension's (already normalized) date range."""
         start = dates.local_to_utc_param(date_range[0], self.timezone)
         end = dates.local_to_utc_param(date_range[1], self.timezone)
-        column = _paren(column)
+        column = _paren(column) if string_time else self.sql_dialect.time_value(_paren(column))
         return exp.And(this=exp.GTE(this=column, expression=self.timestamp_param(start, string_time)),
                        expression=exp.LTE(this=column, expression=self.timestamp_param(end, string_time)))
 

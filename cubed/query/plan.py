@@ -442,15 +442,18 @@ class _SqlBuilder:
             parts = [paren(self.renderer.resolve(f, cube_name, ctx)) for f in target.filters]
             return combine("and", parts) if len(parts) > 1 else parts[0]
         string_time = False
+        member_type = None
         if measure:
             column = self.renderer.measure_sql(cube.measures[name], ctx)
+            member_type = cube.measures[name].type
         elif name in cube.segments:
             column = self.renderer.segment_sql(cube.segments[name], ctx)
         else:
             dimension = cube.dimensions[name]
             column = self.renderer.dimension_sql(dimension, ctx)
             string_time = dimension.field_type == "string"
-        return self.filters.condition(item, column, string_time)
+            member_type = dimension.type
+        return self.filters.condition(item, column, string_time, member_type)
 
     def _measure_filter_conditions(self, ctx: RenderContext) -> list[exp.Expression]:
         return [c for c in (self._filter(item, ctx, measure=True) for item in self.m.measure_filters) if c is not None]

@@ -116,6 +116,23 @@ def require_redis() -> None:
         raise service_absent(f"Redis not reachable at {host}:{port}: unexpected reply {reply[:40]!r}")
 
 
+def require_mysql() -> None:
+    """Return None when the test MySQL/MariaDB server answers at ``CUBED_TEST_MYSQL_URL``
+    (default ``mysql://root@127.0.0.1:3306/``); otherwise raise SkipTest (or ServiceMissing
+    under ``CUBED_REQUIRE_SERVICES=1``). Blocking, bounded by a few seconds."""
+    import pymysql
+
+    parts = urlsplit(os.environ.get("CUBED_TEST_MYSQL_URL") or "mysql://root@127.0.0.1:3306/")
+    host, port = parts.hostname or "127.0.0.1", parts.port or 3306
+    try:
+        connection = pymysql.connect(host=host, port=port, user=parts.username or "root",
+                                     password=parts.password or "", connect_timeout=int(CHECK_TIMEOUT))
+    except (pymysql.err.Error, OSError) as exc:
+        reason = exc.args[1] if len(exc.args) > 1 else str(exc)
+        raise service_absent(f"MySQL/MariaDB not reachable at {host}:{port}: {reason}") from None
+    connection.close()
+
+
 def unique_redis_prefix(label: str = "test") -> str:
     """Return a key prefix no other test (or test run) uses: ``cubed_test:<label>:<pid>:<random>:``."""
     return f"cubed_test:{label}:{os.getpid()}:{uuid4().hex[:12]}:"
