@@ -97,6 +97,14 @@ class DuckDBDialect(SqlDialect):
     def approx_count_distinct(self, value: exp.Expression) -> exp.Expression:
         return exp.ApproxDistinct(this=value)
 
+    def filter_value(self, value: Any, member_type: str | None) -> Any:
+        # DuckDB casts a text parameter to the column's type before comparing: '34.795' against
+        # DECIMAL(12,2) became 34.80 and '2.5' against INTEGER became 3. Bound as numbers, the
+        # comparison happens in the wider type, as PostgreSQL's numeric comparison does.
+        if member_type in NUMBER_MEMBER_TYPES:
+            return text_number(value)
+        return value
+
 
 # -- helpers shared by the engines without native zones or intervals -----------------------------
 

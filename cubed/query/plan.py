@@ -282,7 +282,7 @@ class QueryPlanner:
         for cube_name in tree.cubes:
             cube = self.model.cubes[cube_name]
             if not cube.primary_keys:
-                raise CompileError(f"One or more Primary key is required for '{cube_name}")
+                raise CompileError(f"One or more Primary key is required for '{cube_name}'")
             missing += [f"{cube_name}.{k}" for k in cube.primary_keys if f"{cube_name}.{k}" not in selected]
         if missing:
             names = ", ".join(f"'{m}'" for m in missing)
@@ -478,7 +478,7 @@ class _SqlBuilder:
             alias = alias_name(prefix)
             cube = self.model.cubes[cube_name]
             if not cube.primary_keys:
-                raise CompileError(f"One or more Primary key is required for '{cube_name}")
+                raise CompileError(f"One or more Primary key is required for '{cube_name}'")
             subquery = self._subquery_for_dimension(dimension, prefix)
             on = and_all([exp.EQ(this=exp.column(self._alias(f"{cube_name}.{key}"), table=alias, quoted=True),
                                  expression=self.renderer.dimension_sql(cube.dimensions[key], ctx))
@@ -737,7 +737,7 @@ class _SqlBuilder:
         ctx = ctx or RenderContext(prefix=prefix)
         cube = self.model.cubes[cube_name]
         if not cube.primary_keys:
-            raise CompileError(f"One or more Primary key is required for '{cube_name}")
+            raise CompileError(f"One or more Primary key is required for '{cube_name}'")
         for measure in measures:
             reached = [c for c in member_cubes(self.model, cube_name, measure.name) if c != cube_name]
             if reached:

@@ -1004,9 +1004,10 @@ class HttpPropertyTests(unittest.TestCase):
 
 
 class KnownDiscrepancyTests(unittest.TestCase):
-    """Minimised queries where cubed's answer on DuckDB differed from the reference when these
-    tests were written (marked ``todo``: they pass - and trial reports an unexpected success -
-    once fixed)."""
+    """Minimised queries where cubed's answer on DuckDB once differed from the reference, kept
+    as regression tests: numeric filter values are bound as numbers on DuckDB (it rounded text
+    parameters to the column's type), and the driver turns off index scans (a DuckDB 2.0.1
+    bug with IN lists on a PRIMARY KEY)."""
 
     async def answer_on_duckdb(self, query: dict[str, Any], error_allowed: bool = False) -> None:
         """Check cubed's answer to ``query`` on the demo DuckDB against the reference; with
@@ -1033,9 +1034,6 @@ class KnownDiscrepancyTests(unittest.TestCase):
         await self.answer_on_duckdb({"measures": ["Orders.count"],
                                      "filters": [{"member": "Orders.amount", "operator": "gt", "values": ["34.795"]}]})
 
-    test_decimal_bound_finer_than_the_column.todo = (  # type: ignore[attr-defined]
-        "DuckDB binds the text parameter of `amount > ?` as the column's DECIMAL(12,2), rounding "
-        "34.795 to 34.80 (PostgreSQL compares the exact value)")
 
     async def test_fractional_bound_on_an_integer_column(self) -> None:
         """Expected 6002 line items with a quantity above 2.5 (or PostgreSQL's 400 `invalid input
@@ -1043,8 +1041,6 @@ class KnownDiscrepancyTests(unittest.TestCase):
         await self.answer_on_duckdb({"measures": ["LineItems.count"], "filters": [
             {"member": "LineItems.quantity", "operator": "gt", "values": ["2.5"]}]}, error_allowed=True)
 
-    test_fractional_bound_on_an_integer_column.todo = (  # type: ignore[attr-defined]
-        "DuckDB binds the text parameter of `quantity > ?` as INTEGER, rounding 2.5 to 3")
 
     async def test_in_lists_on_an_indexed_column(self) -> None:
         """Expected 0 users (no id is both 1 and 10), got 2."""
@@ -1052,6 +1048,3 @@ class KnownDiscrepancyTests(unittest.TestCase):
             {"member": "Users.id", "operator": "equals", "values": ["1", None]},
             {"member": "Users.id", "operator": "equals", "values": ["10", None]}]})
 
-    test_in_lists_on_an_indexed_column.todo = (  # type: ignore[attr-defined]
-        "DuckDB 2.0.1 bug: on a PRIMARY KEY column, `(id IN (1) OR id IS NULL) AND (id IN (10) OR id IS NULL)` "
-        "matches ids 1 and 10 (the index scan unions the IN lists); `SET index_scan_max_count = 0` avoids it")
