@@ -151,12 +151,16 @@ class Gateway:
         """Return the ``/v1/dry-run`` body: normalized queries, their order, the pivot query."""
         query_type, queries = self._normalized(raw)
         _compiled, plans = self._plans(queries)
+        pivot = pivot_query(query_type, queries)
+        normalized = [q.echo for q in queries]
+        if query_type != "blendingQuery":
+            normalized[0] = pivot  # Cube's pivot query is the first normalized query, changed in place
         return {
             "queryType": query_type,
-            "normalizedQueries": [q.echo for q in queries],
+            "normalizedQueries": normalized,
             "queryOrder": [{item.id: "desc" if item.desc else "asc" for item in plan.order} for plan in plans],
             "transformedQueries": [None for _ in plans],
-            "pivotQuery": pivot_query(query_type, queries),
+            "pivotQuery": pivot,
         }
 
     def meta(self, context: RequestContext) -> dict[str, Any]:
