@@ -135,7 +135,8 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         liveness=CachedProbe("liveness", live, reactor),
         reactor=reactor,
     )
-    site = DrainingSite(api.resource())
+    # cubed reads JSON bodies only; parsing form uploads cost a quarter of a request's CPU.
+    site = DrainingSite(api.resource(), parsePOSTFormSubmission=False)
     site.displayTracebacks = False
     # cubed logs one line per request itself (with the request id); no second access log.
     site.log = lambda request: None

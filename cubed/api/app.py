@@ -83,6 +83,7 @@ class CubedApi:
         self.readiness = readiness
         self.liveness = liveness
         self.reactor = reactor
+        self.debug_enabled = settings.log_level in ("trace", "debug")
         self.app = Klein()
         base = settings.base_path.rstrip("/")
         routes: list[tuple[str, tuple[str, ...], Handler]] = [
@@ -130,10 +131,10 @@ class CubedApi:
             started = time.monotonic()
             status = 500
             request_id = f"{uuid.uuid4()}-span-1"
-            log = RequestLogger(self.log, request_id)
+            log = RequestLogger(self.log, request_id, self.debug_enabled)
             try:
                 request_id = self._request_id(request)
-                log = RequestLogger(self.log, request_id)
+                log = RequestLogger(self.log, request_id, self.debug_enabled)
                 security: Mapping[str, Any] = {}
                 if authenticate:
                     header = request.getHeader("x-cube-authorization") or request.getHeader("authorization")

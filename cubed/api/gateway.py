@@ -61,8 +61,11 @@ class Gateway:
         compiled, plans = self._plans(queries)
         context.log.debug("load: {count} quer{y}, type {query_type}", count=len(plans),
                           y="y" if len(plans) == 1 else "ies", query_type=query_type)
-        results = await gatherResults([self._result(compiled, plan, query_type, context) for plan in plans],
-                                      consumeErrors=True).addErrback(_first_error)
+        if len(plans) == 1:
+            results = [await self._run_one(compiled, plans[0], query_type, context)]
+        else:
+            results = await gatherResults([self._result(compiled, plan, query_type, context) for plan in plans],
+                                          consumeErrors=True).addErrback(_first_error)
         if query_type != REGULAR and query_type_param is None:
             raise UserError(unsupported_query_type_message(query_type))
         if query_type_param == "multi":
@@ -79,10 +82,12 @@ class Gateway:
 
     async def _run_one(self, compiled: CompiledModel, plan: QueryPlan, query_type: str,
                        context: RequestContext) -> dict[str, Any]:
-        runs = [self.runner.execute(plan.data_source, plan.sql, name="load")]
-        if plan.total_sql is not None:
-            runs.append(self.runner.execute(plan.data_source, plan.total_sql, name="total"))
-        results: list[ResultSet] = await gatherResults(runs, consumeErrors=True).addErrback(_first_error)
+        main = self.runner.execute(plan.data_source, plan.sql, name="load")
+        if plan.total_sql is None:
+            results: list[ResultSet] = [await main]
+        else:
+            total = self.runner.execute(plan.data_source, plan.total_sql, name="total")
+            results = await gatherResults([main, total], consumeErrors=True).addErrback(_first_error)
         refreshed = datetime.now(timezone.utc)
         query = plan.query
         annotation = annotation_for(query, compiled.meta, self.show_hidden)

@@ -320,6 +320,16 @@ class DuckDBApiTests(unittest.TestCase):
         self.assertNotIn("Traceback", answer.text)
         self.assertNotIn("stack", answer.json())
 
+    async def test_form_encoded_post_is_not_parsed_as_a_form(self) -> None:
+        """A form-encoded POST body is read as the JSON body it is not: 400 with Cube-style
+        text, never a form field taken as the query (cubed reads JSON bodies only)."""
+        server = await self.server()
+        headers = {"Content-Type": "application/x-www-form-urlencoded", **auth(server)}
+        answer = await call("POST", f"{server.url}{BASE}/load", headers,
+                            b'query=%7B%22measures%22%3A%5B%22Orders.count%22%5D%7D')
+        self.assertEqual(answer.status, 400, answer.text)
+        self.assertTrue(answer.json()["error"].startswith("Unable to decode request body as JSON"), answer.text)
+
     async def test_request_too_large(self) -> None:
         """A body over CUBEJS_MAX_REQUEST_SIZE answers 413; one under it is served."""
         server = await self.server(CUBEJS_MAX_REQUEST_SIZE="1kb")
