@@ -239,6 +239,12 @@ if [ "$PLAN_RUNS" != 0 ]; then
     "${SERVER_PIN[@]}" "$PY" bench/plan_bench.py --runs "$PLAN_RUNS" --json "$OUT/plan.json" || FAILED=1
 fi
 
+if [ "${MODEL_BENCH:-1}" = 1 ]; then
+    echo
+    echo "== model compile and cold planning on large models (bench/model_bench.py)"
+    "${SERVER_PIN[@]}" "$PY" bench/model_bench.py || FAILED=1
+fi
+
 if [ "$COMPONENTS" = 1 ]; then
     echo
     echo "== steps of a simple /v1/load timed alone (bench/profile.py components)"
