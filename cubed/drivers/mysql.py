@@ -62,6 +62,7 @@ _READ_GRACE = 30.0
 _KILL_ATTEMPTS = 50
 _KILL_INTERVAL = 0.1
 TIMEOUT_MESSAGE = "canceling statement due to statement timeout"
+SERVER_TIMEOUT_GRACE = 1.0
 ZONE_TABLES_MESSAGE = (
     "The database has no time zone tables (CONVERT_TZ to a named zone gives NULL), so times cannot be "
     "converted to the query's time zone. Load them, e.g. "
@@ -323,16 +324,21 @@ class MySQLDriver:
         return connection
 
     def _session_timeout(self, connection: Any) -> None:
-        """Let the server stop a query at the query timeout by itself (MariaDB:
-        ``max_statement_time`` in seconds; MySQL: ``max_execution_time`` in ms, SELECT only)."""
+        """Let the server stop a query shortly after the query timeout by itself (MariaDB:
+        ``max_statement_time`` in seconds; MySQL: ``max_execution_time`` in ms, SELECT only).
+
+        The client timer (at the timeout) is what reports the timeout: a statement the server
+        stops itself may end without an error (BENCHMARK() returns 0), so the server's limit
+        is only the safety net, one second later."""
         if self._query_timeout <= 0:
             return
+        limit = self._query_timeout + SERVER_TIMEOUT_GRACE
         version = str(getattr(connection, "server_version", "") or "")
         with connection.cursor() as cursor:
             if "mariadb" in version.lower():
-                cursor.execute("SET SESSION max_statement_time = %s", (self._query_timeout,))
+                cursor.execute("SET SESSION max_statement_time = %s", (limit,))
             else:
-                cursor.execute("SET SESSION max_execution_time = %s", (int(self._query_timeout * 1000),))
+                cursor.execute("SET SESSION max_execution_time = %s", (int(limit * 1000),))
 
     def _forget(self, connection: Any) -> None:
         with self._lock:
