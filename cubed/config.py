@@ -66,6 +66,9 @@ class Settings:
     db_query_default_limit: int = 10000
     default_timezone: str = "UTC"
     continue_wait_timeout: float = 5.0
+    orphaned_timeout: float = 120.0
+    heartbeat_interval: float = 30.0
+    result_grace: float = 60.0
     cache_and_queue_driver: str = "memory"
     redis_url: str | None = None
     refresh_worker: bool = False
@@ -424,6 +427,9 @@ def load_settings(
         db_query_default_limit=min(db_query_default_limit, db_query_limit),
         default_timezone=_timezone(reader.str("CUBEJS_DEFAULT_TIMEZONE", "UTC") or "UTC", "CUBEJS_DEFAULT_TIMEZONE"),
         continue_wait_timeout=reader.duration("CUBEJS_CONTINUE_WAIT_TIMEOUT", 5.0),
+        orphaned_timeout=reader.duration("CUBED_ORPHANED_TIMEOUT", 120.0),
+        heartbeat_interval=reader.duration("CUBED_HEARTBEAT_INTERVAL", 30.0),
+        result_grace=reader.duration("CUBED_RESULT_GRACE", 60.0),
         cache_and_queue_driver=driver,
         redis_url=redis_url,
         refresh_worker=refresh_worker,

@@ -94,7 +94,7 @@ class CubedServer:
     site: Any
     api: Any
     registry: Any
-    runner: Any
+    orchestrators: Any
     drivers: dict[str, Any]
     backends: BackendsService
 
@@ -111,25 +111,29 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     from cubed.api.health import CachedProbe
     from cubed.drivers.factory import make_driver
     from cubed.model.registry import ModelRegistry
-    from cubed.orchestrator.runner import QueryRunner
+    from cubed.orchestrator.registry import Orchestrators
+    from cubed.orchestrator.setup import make_store, queue_options
 
     drivers = {ds.name: make_driver(ds, reactor) for ds in settings.data_sources}
     registry = ModelRegistry(settings.resolved_schema_path,
                              lambda name: drivers[name].dialect, lambda name: drivers[name].db_type, reactor)
     registry.load_now()
-    runner = QueryRunner(drivers, {ds.name: ds.concurrency for ds in settings.data_sources})
+    store = make_store(settings, reactor)
+    orchestrators = Orchestrators(store, store, drivers, queue_options(settings, drivers), reactor)
     default_driver = drivers[settings.default_data_source.name]
 
     async def ready() -> None:
         await default_driver.test_connection()
+        await orchestrators.ping()
 
     async def live() -> None:
         for driver in drivers.values():
             await driver.test_connection()
+        await orchestrators.ping()
 
     api = CubedApi(
         settings=settings,
-        gateway=Gateway(settings, registry, runner),
+        gateway=Gateway(settings, registry, orchestrators),
         authenticator=Authenticator(settings),
         readiness=CachedProbe("readiness", ready, reactor),
         liveness=CachedProbe("liveness", live, reactor),
@@ -144,8 +148,9 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     root.setName("cubed")
     backends = BackendsService(drivers)
     backends.setServiceParent(root)
+    orchestrators.setServiceParent(root)
     return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
-                       runner=runner, drivers=drivers, backends=backends)
+                       orchestrators=orchestrators, drivers=drivers, backends=backends)
 
 
 def makeService(options: Mapping[str, Any]) -> service.IService:

@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from twisted.internet.defer import FirstError, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.python.failure import Failure
 
 from cubed.config import Settings
-from cubed.drivers.base import ResultSet
 from cubed.errors import UserError
 from cubed.logs import RequestLogger
 from cubed.model.registry import CompiledModel, ModelRegistry
-from cubed.orchestrator.runner import QueryRunner
+from cubed.orchestrator.cache import Fetched
+from cubed.orchestrator.registry import Orchestrators
 from cubed.query.plan import QueryPlan
 from cubed.query.request import expand_query, parse_query_param, pivot_query, unsupported_query_type_message
 from cubed.query.results import annotation_for, format_data
@@ -38,10 +38,10 @@ class RequestContext:
 class Gateway:
     """The data API: ``load``, ``sql``, ``dry_run``, ``meta``."""
 
-    def __init__(self, settings: Settings, registry: ModelRegistry, runner: QueryRunner) -> None:
+    def __init__(self, settings: Settings, registry: ModelRegistry, orchestrators: Orchestrators) -> None:
         self.settings = settings
         self.registry = registry
-        self.runner = runner
+        self.orchestrators = orchestrators
 
     @property
     def show_hidden(self) -> bool:
@@ -82,34 +82,36 @@ class Gateway:
 
     async def _run_one(self, compiled: CompiledModel, plan: QueryPlan, query_type: str,
                        context: RequestContext) -> dict[str, Any]:
-        main = self.runner.execute(plan.data_source, plan.sql, name="load")
-        if plan.total_sql is None:
-            results: list[ResultSet] = [await main]
-        else:
-            total = self.runner.execute(plan.data_source, plan.total_sql, name="total")
-            results = await gatherResults([main, total], consumeErrors=True).addErrback(_first_error)
-        refreshed = datetime.now(timezone.utc)
         query = plan.query
+        keys = compiled.refresh_keys.for_cubes(plan.cubes)
+        orchestrator = self.orchestrators.for_context(context.security_context)
+
+        def fetch(sql: Any) -> Deferred[Fetched]:
+            return ensureDeferred(orchestrator.fetch(plan.data_source, sql, keys, query.cache_mode, query.renew_query,
+                                                     context.request_id))
+
+        if plan.total_sql is None:
+            fetched: list[Fetched] = [await fetch(plan.sql)]
+        else:
+            fetched = await gatherResults([fetch(plan.sql), fetch(plan.total_sql)],
+                                          consumeErrors=True).addErrback(_first_error)
+        main = fetched[0]
         annotation = annotation_for(query, compiled.meta, self.show_hidden)
-        data = format_data(plan, results[0].rows, annotation, query_type, query.response_format)
-        body: dict[str, Any] = {
-            "query": query.echo,
-            "data": data,
-            "lastRefreshTime": refreshed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{refreshed.microsecond // 1000:03d}Z",
-        }
+        data = format_data(plan, main.result.rows, annotation, query_type, query.response_format)
+        body: dict[str, Any] = {"query": query.echo, "data": data, "lastRefreshTime": iso_time(main.refreshed_at)}
         if self.settings.dev_mode:
-            body.update({"refreshKeyValues": [], "usedPreAggregations": {},
-                         "transformedQuery": None, "requestId": context.request_id})
+            body.update({"refreshKeyValues": [[{"refresh_key": value} for value in main.refresh_key_values]],
+                         "usedPreAggregations": {}, "transformedQuery": None, "requestId": context.request_id})
         total = None
         if plan.total_sql is not None:
-            rows = results[1].rows
+            rows = fetched[1].result.rows
             total = int(rows[0][0]) if rows else 0
         body.update({
             "annotation": annotation,
             "dataSource": plan.data_source,
             "dbType": plan.db_type,
             "external": False,
-            "slowQuery": False,
+            "slowQuery": any(f.slow for f in fetched),
             "total": total if query.total else None,
         })
         return body
@@ -127,30 +129,12 @@ class Gateway:
             "timeDimensionAlias": plan.time_dimension_alias,
             "timeDimensionField": plan.time_dimension_field,
             "order": {item.id: "desc" if item.desc else "asc" for item in plan.order},
-            "cacheKeyQueries": self._cache_key_queries(plan),
+            "cacheKeyQueries": [key.cache_key_query() for key in self.registry.current.refresh_keys.for_cubes(plan.cubes)],
             "preAggregations": [],
             "dataSource": plan.data_source,
             "aliasNameToMember": plan.alias_to_member,
             "external": False,
         }
-
-    def _cache_key_queries(self, plan: QueryPlan) -> list[Any]:
-        """Return Cube's refresh-key description per cube of the query (the default
-        ``every: 10 seconds`` key unless a cube defines its own)."""
-        compiled = self.registry.current
-        entries: list[Any] = []
-        for cube_name in plan.cubes:
-            cube = compiled.model.cubes[cube_name]
-            refresh = cube.refresh_key or {}
-            if isinstance(refresh, Mapping) and refresh.get("sql"):
-                threshold = _interval_seconds(str(refresh["every"])) if refresh.get("every") else 10
-                entries.append([str(refresh["sql"]), [], {"external": False, "renewalThreshold": threshold}])
-                continue
-            seconds = _interval_seconds(str(refresh.get("every"))) if isinstance(refresh, Mapping) and refresh.get("every") else 10
-            threshold = 10 if not refresh else max(1, min(300, round(seconds / 10)))
-            entries.append([f"SELECT FLOOR((EXTRACT(EPOCH FROM NOW())) / {seconds}) as refresh_key", [],
-                            {"external": False, "renewalThreshold": threshold}])
-        return entries
 
     def dry_run(self, raw: Any, context: RequestContext) -> dict[str, Any]:
         """Return the ``/v1/dry-run`` body: normalized queries, their order, the pivot query."""
@@ -180,14 +164,7 @@ def _first_error(failure: Failure) -> Failure:
     return failure
 
 
-_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
-
-
-def _interval_seconds(text: str) -> int:
-    """Return the seconds of an ``N unit(s)`` interval (Cube's refresh_key ``every``)."""
-    parts = text.strip().split()
-    if len(parts) == 2 and parts[0].isdigit():
-        unit = parts[1].lower().rstrip("s")
-        if unit in _UNITS:
-            return int(parts[0]) * _UNITS[unit]
-    return 10
+def iso_time(seconds: float) -> str:
+    """Return epoch seconds as Cube's ``lastRefreshTime`` (ISO 8601, milliseconds, ``Z``)."""
+    moment = datetime.fromtimestamp(seconds, timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

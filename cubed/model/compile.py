@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Iterable, Mapping
 
 from cubed.errors import ModelError
+from cubed.model.intervals import parse_every
 from cubed.model.loader import RawDefinition, strip_lines
 from cubed.model.schema import (
     CALCULATED_MEASURE_TYPES,
@@ -186,6 +187,9 @@ class ModelCompiler:
             sql_table = parse_template(str(body["sql_table"]), dialect, f"{where}, sql_table")
         else:
             raise ModelError(f"{where}: sql or sql_table is required")
+        refresh_key = body.get("refresh_key")
+        if refresh_key is not None:
+            _check_refresh_key(refresh_key, where)
         sql_alias = body.get("sql_alias")
         if sql_alias is not None and not IDENTIFIER.match(str(sql_alias)):
             raise ModelError(f"{where}: sql_alias must match {IDENTIFIER.pattern}")
@@ -329,6 +333,21 @@ class ModelCompiler:
             elif label is not None:
                 else_label = str(label)
         return DimensionCase(when=tuple(branches), else_label=else_label, else_sql=else_sql)
+
+
+REFRESH_KEY_KEYS = {"every", "sql", "timezone", "immutable", "incremental", "update_window"}
+
+
+def _check_refresh_key(value: Any, where: str) -> None:
+    """A refresh_key is a mapping of every/sql/timezone whose ``every`` parses."""
+    if not isinstance(value, dict):
+        raise ModelError(f"{where}: refresh_key must be a mapping with every and/or sql")
+    keys = {snake_case(k) for k in value if k != "__line__"}
+    unknown = sorted(keys - REFRESH_KEY_KEYS)
+    if unknown:
+        raise ModelError(f"{where}: unknown refresh_key propert{'y' if len(unknown) == 1 else 'ies'}: {', '.join(unknown)}")
+    if value.get("every") is not None:
+        parse_every(str(value["every"]), value.get("timezone"), f"{where}, refresh_key")
 
 
 def _opt_str(value: Any) -> str | None:

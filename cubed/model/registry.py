@@ -18,6 +18,7 @@ from cubed.model.joins import JoinGraph
 from cubed.model.loader import load_directory
 from cubed.model.meta import ModelMeta
 from cubed.model.schema import Model
+from cubed.orchestrator.refresh_keys import RefreshKeys
 from cubed.query.plan import QueryPlan, QueryPlanner
 from cubed.query.types import Query
 
@@ -32,6 +33,7 @@ class CompiledModel:
     joins: JoinGraph
     meta: ModelMeta
     planner: QueryPlanner
+    refresh_keys: RefreshKeys
     plan_cache_size: int = PLAN_CACHE_SIZE
     _plans: "OrderedDict[Query, QueryPlan]" = field(default_factory=OrderedDict)
 
@@ -53,7 +55,8 @@ def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_typ
     model = ModelCompiler(dialect_for).compile(load_directory(directory))
     joins = JoinGraph(model)
     return CompiledModel(model=model, joins=joins, meta=ModelMeta(model, joins),
-                         planner=QueryPlanner(model, joins, dialect_for, db_type_for))
+                         planner=QueryPlanner(model, joins, dialect_for, db_type_for),
+                         refresh_keys=RefreshKeys(model, dialect_for))
 
 
 class ModelRegistry:

@@ -1,0 +1,80 @@
+"""Orchestrators by id: one per orchestrator id (``STANDALONE`` unless a hook maps the
+security context to another), all over the same store, created on first use."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.logger import Logger
+
+from cubed.drivers.base import Driver
+from cubed.orchestrator.cache import CacheOptions
+from cubed.orchestrator.orchestrator import DEFAULT_ORCHESTRATOR_ID, Orchestrator
+from cubed.orchestrator.queue import QueueOptions
+from cubed.orchestrator.stores import CacheStore, QueueStore
+
+OrchestratorIdHook = Callable[[Mapping[str, Any]], str]
+
+
+class Orchestrators(Service):
+    """Creates, starts and stops the orchestrators of one server (a service: it starts after
+    the drivers and stops before them)."""
+
+    name = "orchestrators"
+    log = Logger()
+
+    def __init__(self, queue_store: QueueStore, cache_store: CacheStore, drivers: Mapping[str, Driver],
+                 options: Mapping[str, QueueOptions], clock: Any, cache_options: CacheOptions = CacheOptions(),
+                 orchestrator_id: OrchestratorIdHook | None = None) -> None:
+        self.queue_store = queue_store
+        self.cache_store = cache_store
+        self.drivers = dict(drivers)
+        self.options = dict(options)
+        self.clock = clock
+        self.cache_options = cache_options
+        self.orchestrator_id = orchestrator_id
+        self._orchestrators: dict[str, Orchestrator] = {}
+
+    def for_context(self, security_context: Mapping[str, Any]) -> Orchestrator:
+        """Return the orchestrator of a request's security context."""
+        name = self.orchestrator_id(security_context) if self.orchestrator_id else DEFAULT_ORCHESTRATOR_ID
+        return self.get(str(name))
+
+    def get(self, orchestrator_id: str = DEFAULT_ORCHESTRATOR_ID) -> Orchestrator:
+        """Return the orchestrator of an id, created (and started, if running) on first use."""
+        orchestrator = self._orchestrators.get(orchestrator_id)
+        if orchestrator is None:
+            orchestrator = Orchestrator(orchestrator_id, self.queue_store, self.cache_store, self.drivers,
+                                        self.options, self.clock, self.cache_options)
+            self._orchestrators[orchestrator_id] = orchestrator
+            if self.running:
+                self._start(orchestrator_id, orchestrator)
+        return orchestrator
+
+    def _start(self, name: str, orchestrator: Orchestrator) -> None:
+        orchestrator.start().addErrback(
+            lambda f: self.log.warn("orchestrator {id}: cache and queue store not reachable at start: {error}",
+                                    id=name, error=f.getErrorMessage()))
+
+    def startService(self) -> None:
+        """Start the orchestrators made so far and the default one (others start when first used)."""
+        super().startService()
+        self.get()
+        for name, orchestrator in self._orchestrators.items():
+            if not orchestrator.started:
+                self._start(name, orchestrator)
+
+    def stopService(self) -> Deferred[Any]:
+        """Stop every orchestrator and close the store; fires when closed."""
+        super().stopService()
+        for orchestrator in self._orchestrators.values():
+            orchestrator.stop()
+        closers = [maybeDeferred(store.close) for store in {id(self.queue_store): self.queue_store,
+                                                                  id(self.cache_store): self.cache_store}.values()
+                   if hasattr(store, "close")]
+        return gatherResults(closers, consumeErrors=True)
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise otherwise."""
+        await self.queue_store.ping()
