@@ -73,7 +73,7 @@ def decode_result(payload: str) -> ResultSet:
         if kind == "user":
             raise CompileError(message)
         raise DatabaseError(message)
-    return ResultSet(tuple(Column(name, kind) for name, kind in data["columns"]), data["rows"])
+    return ResultSet(tuple(Column(name, kind) for name, kind in data["columns"]), [tuple(row) for row in data["rows"]])
 
 
 class QueryQueue:

@@ -62,7 +62,8 @@ class Stage:
         """Return Cube's ``stage`` object: ``Executing query`` with ``timeElapsed`` (ms) or
         ``#N in queue``."""
         if self.active:
-            return {"stage": "Executing query", "timeElapsed": int(max(0.0, now - (self.started_at or now)) * 1000)}
+            started = now if self.started_at is None else self.started_at
+            return {"stage": "Executing query", "timeElapsed": int(max(0.0, now - started) * 1000)}
         return {"stage": f"#{self.position or 1} in queue"}
 
 
