@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from typing import Any, Callable, Iterable, Mapping
 
 from cubed.errors import ModelError
@@ -29,7 +30,7 @@ from cubed.model.schema import (
     Segment,
     SqlTemplate,
 )
-from cubed.model.templates import FILTER_PARAMS, parse_template
+from cubed.model.templates import FILTER_PARAMS, SECURITY_CONTEXT, parse_template
 from cubed.model.views import compile_views
 
 IDENTIFIER = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
@@ -119,9 +120,14 @@ class ModelCompiler:
     def __init__(self, dialect_for: Callable[[str], str]) -> None:
         self.dialect_for = dialect_for
 
-    def compile(self, definitions: Iterable[RawDefinition]) -> Model:
-        """Return the compiled Model; raises ModelError at the first invalid definition."""
-        definitions = list(definitions)
+    def compile(self, definitions: Iterable[RawDefinition], compile_context: Mapping[str, Any] | None = None) -> Model:
+        """Return the compiled Model; raises ModelError at the first invalid definition.
+
+        ``{COMPILE_CONTEXT.<path>}`` in any string of the model is replaced first by that value
+        of ``compile_context`` (the request context of the app the model is compiled for)."""
+        definitions = [replace(raw, body=substitute_compile_context(raw.body, compile_context or {},
+                                                                      f"{raw.file}:{raw.line}"))
+                       for raw in definitions]
         raw_cubes: dict[str, RawDefinition] = {}
         raw_views: list[RawDefinition] = []
         for raw in definitions:
@@ -350,6 +356,37 @@ def _check_refresh_key(value: Any, where: str) -> None:
         parse_every(str(value["every"]), value.get("timezone"), f"{where}, refresh_key")
 
 
+_COMPILE_CONTEXT = re.compile(r"\{\s*COMPILE_CONTEXT\.([_a-zA-Z][_a-zA-Z0-9]*(?:\.[_a-zA-Z][_a-zA-Z0-9]*)*)\s*\}")
+_SAFE_COMPILE_VALUE = re.compile(r"^[A-Za-z0-9_]*$")
+
+
+def substitute_compile_context(value: Any, context: Mapping[str, Any], where: str) -> Any:
+    """Return ``value`` (a YAML tree) with ``{COMPILE_CONTEXT.path}`` replaced in every string.
+
+    Values go into SQL text, so only identifier characters are allowed; a missing path is
+    empty (the model is still checked when compiled without a context)."""
+    if isinstance(value, str):
+        if "COMPILE_CONTEXT" not in value:
+            return value
+
+        def replace_one(match: re.Match[str]) -> str:
+            found: Any = context
+            for part in match.group(1).split("."):
+                found = found.get(part) if isinstance(found, Mapping) else None
+            text = "" if found is None else str(found)
+            if not _SAFE_COMPILE_VALUE.match(text):
+                raise ModelError(f"{where}: COMPILE_CONTEXT.{match.group(1)} is {text!r}: only letters, digits "
+                                 "and _ can be put into a model")
+            return text
+
+        return _COMPILE_CONTEXT.sub(replace_one, value)
+    if isinstance(value, dict):
+        return {k: substitute_compile_context(v, context, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute_compile_context(v, context, where) for v in value]
+    return value
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -402,6 +439,9 @@ def _validate_references(model: Model, raw_cubes: Mapping[str, RawDefinition]) -
                 if head == "FILTER_PARAMS":
                     _check_filter_params(model, ref.text, _where(raw, cube.name, member))
                     continue
+                if head == "SECURITY_CONTEXT" and not SECURITY_CONTEXT.match(ref.text):
+                    raise ModelError(f"{_where(raw, cube.name, member)}: {{{ref.text}}} must read "
+                                     "{SECURITY_CONTEXT.<key>.filter('<sql>')}, requiredFilter('<sql>') or unsafeValue()")
                 if head in ("CUBE", "TABLE") or head in CONTEXT_REFERENCES:
                     continue
                 if not rest and (head in model.cubes or _member_exists(cube, head)):

@@ -4,16 +4,17 @@ a bounded cache of planned SQL per normalized query.
 """
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from cubed.model.compile import ModelCompiler
+from cubed.model.compile import ModelCompiler, member_templates
 from cubed.model.joins import JoinGraph
 from cubed.model.loader import load_directory
 from cubed.model.meta import ModelMeta
@@ -34,29 +35,44 @@ class CompiledModel:
     meta: ModelMeta
     planner: QueryPlanner
     refresh_keys: RefreshKeys
+    uses_security_context: bool = False
     plan_cache_size: int = PLAN_CACHE_SIZE
     _plans: "OrderedDict[Query, QueryPlan]" = field(default_factory=OrderedDict)
 
-    def plan(self, query: Query) -> QueryPlan:
-        """Return the plan of a normalized query, from the cache when planned before."""
-        cached = self._plans.get(query)
+    def plan(self, query: Query, security_context: Mapping[str, Any] | None = None) -> QueryPlan:
+        """Return the plan of a normalized query (for a security context when the model's SQL
+        reads one), from the cache when planned before."""
+        key: Any = query
+        if self.uses_security_context:
+            key = (query, json.dumps(security_context or {}, sort_keys=True, default=str))
+        cached = self._plans.get(key)
         if cached is not None:
-            self._plans.move_to_end(query)
+            self._plans.move_to_end(key)
             return cached
-        plan = self.planner.plan(query)
-        self._plans[query] = plan
+        plan = self.planner.plan(query, security_context)
+        self._plans[key] = plan
         if len(self._plans) > self.plan_cache_size:
             self._plans.popitem(last=False)
         return plan
 
 
-def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str]) -> CompiledModel:
-    """Return the CompiledModel of a model directory (blocking: run it in a thread)."""
-    model = ModelCompiler(dialect_for).compile(load_directory(directory))
+def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str],
+                      compile_context: Mapping[str, Any] | None = None) -> CompiledModel:
+    """Return the CompiledModel of a model directory (blocking: run it in a thread), with
+    ``{COMPILE_CONTEXT...}`` taken from ``compile_context``."""
+    model = ModelCompiler(dialect_for).compile(load_directory(directory), compile_context)
     joins = JoinGraph(model)
     return CompiledModel(model=model, joins=joins, meta=ModelMeta(model, joins),
                          planner=QueryPlanner(model, joins, dialect_for, db_type_for),
-                         refresh_keys=RefreshKeys(model, dialect_for))
+                         refresh_keys=RefreshKeys(model, dialect_for),
+                         uses_security_context=_reads_security_context(model))
+
+
+def _reads_security_context(model: Model) -> bool:
+    """Return whether any SQL of the model refers to SECURITY_CONTEXT (plans then depend on it)."""
+    return any(ref.text.startswith("SECURITY_CONTEXT.")
+               for cube in model.cubes.values() for _member, template in member_templates(cube)
+               for ref in template.refs)
 
 
 class ModelRegistry:

@@ -67,6 +67,13 @@ def parse_template(source: str, dialect: str, where: str, *, statement: bool = F
 FILTER_PARAMS = re.compile(r"^FILTER_PARAMS\.([_a-zA-Z][_a-zA-Z0-9]*)\.([_a-zA-Z][_a-zA-Z0-9]*)\.filter\(\s*(['\"])(.*)\3\s*\)$", re.S)
 
 
+SECURITY_CONTEXT = re.compile(
+    r"^SECURITY_CONTEXT\.((?:[_a-zA-Z][_a-zA-Z0-9]*\.)*[_a-zA-Z][_a-zA-Z0-9]*)"
+    r"\.(?:(filter|requiredFilter)\(\s*(['\"])(.*)\3\s*\)|(unsafeValue)\(\s*\))$",
+    re.S,
+)
+
+
 def folded_table_name(template: SqlTemplate) -> str | None:
     """Return ``t`` when a cube's sql is exactly ``SELECT * FROM t`` (Cube inlines the table)."""
     if template.refs:

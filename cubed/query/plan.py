@@ -14,7 +14,7 @@ import zoneinfo
 
 import sqlglot
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sqlglot import exp
 
@@ -27,6 +27,7 @@ from cubed.query import dates
 from cubed.query.filters import FilterBuilder, ParamAllocator, combine, filter_json
 from cubed.query.dialects import SqlDialect, dialect_for
 from cubed.query.expressions import and_all, paren, quoted
+from cubed.query.security import render_security_context, splice_in_lists
 from cubed.query.members import MemberRenderer, RenderContext, member_cubes, referenced_cubes, subquery_dimensions
 from cubed.query.sql import RenderedSql, render_sql
 from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
@@ -232,8 +233,9 @@ class QueryPlanner:
         )
         return rewritten, exposed, join_paths
 
-    def plan(self, query: Query) -> QueryPlan:
-        """Return the QueryPlan of a normalized query; CompileError/UserError for bad queries."""
+    def plan(self, query: Query, security_context: Mapping[str, Any] | None = None) -> QueryPlan:
+        """Return the QueryPlan of a normalized query for a request's security context;
+        CompileError/UserError for bad queries."""
         planned, exposed, join_paths = self._unview(query)
         members = self._resolve(planned)
         hints = self._join_hints(members, join_paths)
@@ -255,15 +257,16 @@ class QueryPlanner:
         tree = self.joins.build(tuple(hints))
         if query.ungrouped:
             self._check_ungrouped(tree, members)
-        builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, exposed=exposed)
+        builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, exposed=exposed,
+                              security_context=security_context)
         order = builder.order
-        select = builder.build()
+        select = splice_in_lists(builder.build())
         rendered = render_sql(select, builder.params.values, dialect)
         total_sql = None
         if query.total:
             total_builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, total=True,
-                                        exposed=exposed)
-            inner = total_builder.build()
+                                        exposed=exposed, security_context=security_context)
+            inner = splice_in_lists(total_builder.build())
             total_tree = exp.select(exp.Count(this=exp.Star()).as_(quoted("total_count"), copy=False), copy=False).from_(
                 exp.Subquery(this=inner, alias=exp.TableAlias(this=quoted("original_query"))), copy=False)
             total_sql = render_sql(total_tree, total_builder.params.values, dialect)
@@ -316,8 +319,9 @@ class _SqlBuilder:
     def __init__(self, model: Model, tree: JoinTree, members: _Members, query: Query, dialect: str,
                  joins: JoinGraph, total: bool = False, params: ParamAllocator | None = None,
                  alias_prefix: str | None = None, ordered: bool = True,
-                 exposed: dict[str, str] | None = None) -> None:
+                 exposed: dict[str, str] | None = None, security_context: Mapping[str, Any] | None = None) -> None:
         self.model = model
+        self.security_context = security_context or {}
         self.joins = joins
         self.exposed = exposed or {}
         self.tree = tree
@@ -352,7 +356,10 @@ class _SqlBuilder:
     # -- pieces --------------------------------------------------------------------------
     def _context_reference(self, text: str, cube_name: str, ctx: RenderContext) -> exp.Expression:
         """Return the SQL of a context variable in a template: ``FILTER_PARAMS`` renders the
-        query's own filters on a dimension against the given column (``1 = 1`` without any)."""
+        query's own filters on a dimension against the given column (``1 = 1`` without any);
+        ``SECURITY_CONTEXT`` the request's security context (cubed/query/security.py)."""
+        if text.startswith("SECURITY_CONTEXT."):
+            return render_security_context(text, self.security_context, self.params, self.dialect)
         match = FILTER_PARAMS.match(text)
         if match is None:
             raise CompileError(f"{{{text}}} is not supported in {cube_name}")
@@ -520,7 +527,8 @@ class _SqlBuilder:
                            dimension_filters=filters, measure_filters=[])
         inner_query = Query(dimensions=tuple(k.path for k in keys), limit=None, timezone=self.query.timezone)
         builder = _SqlBuilder(self.model, tree, members, inner_query, self.dialect, self.joins,
-                              params=self.params, alias_prefix=prefix, ordered=False)
+                              params=self.params, alias_prefix=prefix, ordered=False,
+                              security_context=self.security_context)
         return builder.build()
 
     def _where(self, select: exp.Select, conditions: list[exp.Expression]) -> exp.Select:
