@@ -112,7 +112,9 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     from cubed.drivers.factory import make_driver
     from cubed.model.registry import ModelRegistry
     from cubed.orchestrator.registry import Orchestrators
+    from cubed.hooks import load_hooks
     from cubed.orchestrator.setup import make_store, queue_options
+    from cubed.tenancy import Tenants
 
     drivers = {ds.name: make_driver(ds, reactor) for ds in settings.data_sources}
     registry = ModelRegistry(settings.resolved_schema_path,
@@ -120,10 +122,14 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     registry.load_now()
     store = make_store(settings, reactor)
     orchestrators = Orchestrators(store, store, drivers, queue_options(settings, drivers), reactor)
+    hooks = load_hooks(settings.project_dir)
+    tenants = Tenants(settings, hooks, registry, orchestrators, make_driver, reactor)
     default_driver = drivers[settings.default_data_source.name]
 
     async def ready() -> None:
-        await default_driver.test_connection()
+        # Multi-tenant (a database per tenant): the tenants connected so far; none is healthy.
+        for driver in tenants.drivers() if hooks.driver_factory is not None else [default_driver]:
+            await driver.test_connection()
         await orchestrators.ping()
 
     async def live() -> None:
@@ -133,11 +139,12 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
 
     api = CubedApi(
         settings=settings,
-        gateway=Gateway(settings, registry, orchestrators),
+        gateway=Gateway(settings, tenants, hooks),
         authenticator=Authenticator(settings),
         readiness=CachedProbe("readiness", ready, reactor),
         liveness=CachedProbe("liveness", live, reactor),
         reactor=reactor,
+        hooks=hooks,
     )
     # cubed reads JSON bodies only; parsing form uploads cost a quarter of a request's CPU.
     site = DrainingSite(api.resource(), parsePOSTFormSubmission=False)
@@ -149,6 +156,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     backends = BackendsService(drivers)
     backends.setServiceParent(root)
     orchestrators.setServiceParent(root)
+    tenants.setServiceParent(root)
     return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
                        orchestrators=orchestrators, drivers=drivers, backends=backends)
 

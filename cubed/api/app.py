@@ -22,8 +22,10 @@ from cubed.api.auth import Authenticator
 from cubed.api.errors import error_body
 from cubed.api.gateway import Gateway, RequestContext
 from cubed.api.health import CachedProbe
+from cubed.api.openapi import openapi_document, openapi_paths
 from cubed.config import Settings
-from cubed.errors import UserError
+from cubed.errors import AuthError, UserError
+from cubed.hooks import HookError, Hooks, call_hook
 from cubed.logs import RequestLogger
 
 REQUEST_ID_MAX = 128
@@ -33,6 +35,15 @@ CORS_METHODS = b"GET,HEAD,PUT,PATCH,POST,DELETE"
 THREADED_ENCODE_ROWS = 2000
 
 Handler = Callable[[IRequest, RequestContext], Awaitable[Any]]
+API_SCOPES = ("graphql", "meta", "data", "sql", "jobs")
+DEFAULT_API_SCOPES = ("graphql", "meta", "data", "sql")
+
+
+def _request_dict(request: IRequest) -> dict[str, Any]:
+    """Return the request as hooks see it: url, method, headers (lower-case names)."""
+    headers = {name.decode("latin-1").lower(): b", ".join(values).decode("latin-1")
+               for name, values in request.requestHeaders.getAllRawHeaders()}
+    return {"url": request.uri.decode("latin-1"), "method": request.method.decode("latin-1"), "headers": headers}
 
 
 class RequestTooLarge(UserError):
@@ -76,30 +87,39 @@ class CubedApi:
     log = Logger(namespace="cubed.api")
 
     def __init__(self, settings: Settings, gateway: Gateway, authenticator: Authenticator,
-                 readiness: CachedProbe, liveness: CachedProbe, reactor: Any) -> None:
+                 readiness: CachedProbe, liveness: CachedProbe, reactor: Any, hooks: Hooks = Hooks()) -> None:
         self.settings = settings
         self.gateway = gateway
         self.auth = authenticator
+        self.hooks = hooks
+        self.default_scopes = tuple(settings.extra.get("CUBEJS_DEFAULT_API_SCOPES", "").replace(" ", "").split(",")) \
+            if settings.extra.get("CUBEJS_DEFAULT_API_SCOPES") else DEFAULT_API_SCOPES
         self.readiness = readiness
         self.liveness = liveness
         self.reactor = reactor
         self.debug_enabled = settings.log_level in ("trace", "debug")
         self.app = Klein()
         base = settings.base_path.rstrip("/")
-        routes: list[tuple[str, tuple[str, ...], Handler]] = [
-            ("/v1/load", ("GET", "POST"), self._load),
-            ("/v1/subscribe", ("GET", "POST"), self._load),
-            ("/v1/sql", ("GET", "POST"), self._sql),
-            ("/v1/dry-run", ("GET", "POST"), self._dry_run),
-            ("/v1/meta", ("GET",), self._meta),
+        routes: list[tuple[str, tuple[str, ...], Handler, str]] = [
+            ("/v1/load", ("GET", "POST"), self._load, "data"),
+            ("/v1/subscribe", ("GET", "POST"), self._load, "data"),
+            ("/v1/sql", ("GET", "POST"), self._sql, "sql"),
+            ("/v1/dry-run", ("GET", "POST"), self._dry_run, "data"),
+            ("/v1/meta", ("GET",), self._meta, "meta"),
         ]
         self.known_paths = {b"/readyz", b"/livez"}
-        for path, methods, handler in routes:
+        for path, methods, handler, scope in routes:
             self.known_paths.add((base + path).encode())
             self.app.route(base + path, methods=list(methods), endpoint=f"{handler.__name__}{path}")(
-                self._wrap(handler, authenticate=True))
+                self._wrap(handler, scope))
         self.app.route("/readyz", methods=["GET"], endpoint="readyz")(self._probe(self.readiness))
         self.app.route("/livez", methods=["GET"], endpoint="livez")(self._probe(self.liveness))
+        # The OpenAPI document: no token needed, built once.
+        self.openapi = encode_json(openapi_document(settings))
+        for number, path in enumerate(openapi_paths(settings)):
+            self.known_paths.add(path.encode())
+            self.app.route(path, methods=["GET"], endpoint=f"openapi{number}")(
+                lambda request: self._respond(request, 200, self.openapi))
         self.app.route("/", branch=True, methods=["OPTIONS"], endpoint="preflight")(self._preflight)
         self.app.handle_errors(Exception)(self._unrouted)
 
@@ -126,7 +146,45 @@ class CubedApi:
         request.setHeader(b"access-control-allow-origin", b"*")
         return body
 
-    def _wrap(self, handler: Handler, authenticate: bool) -> Callable[[IRequest], Awaitable[bytes]]:
+    async def _context(self, request: IRequest, request_id: str, log: RequestLogger, scope: str) -> RequestContext:
+        """Return the request's context: authenticated (the check_auth hook or the JWT), extended
+        (extend_context), and allowed the route's API scope (context_to_api_scopes)."""
+        header = request.getHeader("x-cube-authorization") or request.getHeader("authorization")
+        if self.hooks.check_auth is not None:
+            security = await self._check_auth_hook(request, header)
+        else:
+            security = (await self.auth.authenticate(header, log)).payload
+        hooks_context: dict[str, Any] = {"securityContext": security, "authInfo": security, "requestId": request_id}
+        if self.hooks.extend_context is not None:
+            extension = await call_hook("extend_context", self.hooks.extend_context, _request_dict(request))
+            if extension is not None and not isinstance(extension, Mapping):
+                raise HookError("extend_context hook must return a dict")
+            hooks_context.update(extension or {})
+        scopes: Any = self.default_scopes
+        if self.hooks.context_to_api_scopes is not None:
+            scopes = await call_hook("context_to_api_scopes", self.hooks.context_to_api_scopes, dict(hooks_context),
+                                     list(self.default_scopes))
+            unknown = [s for s in scopes or () if s not in API_SCOPES]
+            if unknown:
+                raise HookError(f"context_to_api_scopes returned unknown scopes: {', '.join(map(str, unknown))}")
+        if scope not in (scopes or ()):
+            raise AuthError(f"API scope is missing: {scope}")
+        return RequestContext(request_id=request_id, security_context=security, log=log, hooks_context=hooks_context)
+
+    async def _check_auth_hook(self, request: IRequest, header: str | None) -> Mapping[str, Any]:
+        assert self.hooks.check_auth is not None
+        token = self.auth.token_from_header(header)
+        answer = await call_hook("check_auth", self.hooks.check_auth, _request_dict(request), token)
+        if answer is None:
+            return {}
+        if not isinstance(answer, Mapping):
+            raise HookError("check_auth hook must return a dict (the security context) or None")
+        context = answer.get("security_context", answer.get("securityContext", answer))
+        if not isinstance(context, Mapping):
+            raise HookError("check_auth hook returned a security context that is not a dict")
+        return context
+
+    def _wrap(self, handler: Handler, scope: str) -> Callable[[IRequest], Awaitable[bytes]]:
         async def route(request: IRequest) -> bytes:
             started = time.monotonic()
             status = 500
@@ -135,11 +193,7 @@ class CubedApi:
             try:
                 request_id = self._request_id(request)
                 log = RequestLogger(self.log, request_id, self.debug_enabled)
-                security: Mapping[str, Any] = {}
-                if authenticate:
-                    header = request.getHeader("x-cube-authorization") or request.getHeader("authorization")
-                    security = self.auth.authenticate(header, log).payload
-                context = RequestContext(request_id=request_id, security_context=security, log=log)
+                context = await self._context(request, request_id, log, scope)
                 body = await handler(request, context)
                 status = 200
                 if _row_count(body) > THREADED_ENCODE_ROWS:
@@ -149,7 +203,7 @@ class CubedApi:
                 return self._respond(request, status, encoded)
             except Exception as error:  # the one mapper: every failure answers in Cube's shape
                 status, body, unexpected = error_body(error, request_id, self.settings.dev_mode)
-                if unexpected:
+                if unexpected or isinstance(error, HookError):
                     log.failure("unexpected error in {path}", path=request.path.decode("latin-1", "replace"))
                 else:
                     log.info("{status}: {error}", status=status, error=body.get("error"))
@@ -201,14 +255,14 @@ class CubedApi:
 
     async def _sql(self, request: IRequest, context: RequestContext) -> Any:
         raw, _query_type = self._input(request)
-        return self.gateway.sql(raw, context)
+        return await self.gateway.sql(raw, context)
 
     async def _dry_run(self, request: IRequest, context: RequestContext) -> Any:
         raw, _query_type = self._input(request)
-        return self.gateway.dry_run(raw, context)
+        return await self.gateway.dry_run(raw, context)
 
     async def _meta(self, request: IRequest, context: RequestContext) -> Any:
-        return self.gateway.meta(context)
+        return await self.gateway.meta(context)
 
     def _probe(self, probe: CachedProbe) -> Callable[[IRequest], Awaitable[bytes]]:
         async def route(request: IRequest) -> bytes:

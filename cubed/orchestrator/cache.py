@@ -50,6 +50,13 @@ class CacheOptions:
     max_age: float = 6 * 3600.0
 
 
+def span_of(request_id: str) -> str:
+    """Return the interaction a request belongs to: ``<span>`` of ``<span>-span-<n>`` (Cube's
+    external id), which stays the same across a client's Continue-wait retries."""
+    span, separator, _sequence = request_id.rpartition("-span-")
+    return span if separator else request_id
+
+
 def digest(*parts: Any) -> str:
     """Return a stable hex digest of JSON-able parts."""
     return hashlib.sha256(json.dumps(parts, separators=(",", ":"), default=str).encode()).hexdigest()
@@ -95,7 +102,9 @@ class QueryCache:
         queue = self.queue_for(data_source)
         now = self.clock.seconds()
         if mode == "no-cache":
-            item = QueuedQuery(key=digest(data_source, sql.text, list(sql.params), "no-cache"), data_source=data_source,
+            # A fresh read per interaction; its Continue-wait retries find their own result.
+            item = QueuedQuery(key=digest(data_source, sql.text, list(sql.params), "no-cache", span_of(request_id)),
+                               data_source=data_source,
                                sql=sql.text, params=list(sql.params), priority=priority, added_at=now,
                                request_id=request_id)
             result = await queue.execute(item)
@@ -110,7 +119,8 @@ class QueryCache:
             if cached["renewal_key"] == renewal_key and now - cached["time"] < self.options.max_age:
                 return Fetched(decode_result(cached["result"]), cached["time"], False, values)
             stale = (decode_result(cached["result"]), cached["time"])
-        item = QueuedQuery(key=digest(cache_key, renewal_key), data_source=data_source, sql=sql.text,
+        key = digest(cache_key, renewal_key, span_of(request_id)) if renew else digest(cache_key, renewal_key)
+        item = QueuedQuery(key=key, data_source=data_source, sql=sql.text,
                            params=list(sql.params), priority=priority, added_at=now, request_id=request_id,
                            cache_key=cache_key, renewal_key=renewal_key)
         if stale is not None and mode == "stale-while-revalidate":
@@ -142,8 +152,11 @@ class QueryCache:
             if cached is not None:
                 values.append(json.loads(cached))
                 continue
-            # One execution per key and renewal period, however many requests ask.
-            period = int(now // key.renewal_threshold)
+            # One execution per key and renewal period, however many requests ask (a renewQuery
+            # interaction reads it afresh).
+            period: Any = int(now // key.renewal_threshold)
+            if renew:
+                period = [period, span_of(request_id)]
             item = QueuedQuery(key=digest("refresh_key", key.data_source, key.sql.text, list(key.sql.params), period),
                                data_source=key.data_source, sql=key.sql.text, params=list(key.sql.params),
                                added_at=now, request_id=request_id)

@@ -2,7 +2,7 @@
 security context to another), all over the same store, created on first use."""
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
@@ -13,9 +13,6 @@ from cubed.orchestrator.cache import CacheOptions
 from cubed.orchestrator.orchestrator import DEFAULT_ORCHESTRATOR_ID, Orchestrator
 from cubed.orchestrator.queue import QueueOptions
 from cubed.orchestrator.stores import CacheStore, QueueStore
-
-OrchestratorIdHook = Callable[[Mapping[str, Any]], str]
-
 
 class Orchestrators(Service):
     """Creates, starts and stops the orchestrators of one server (a service: it starts after
@@ -33,19 +30,16 @@ class Orchestrators(Service):
         self.options = dict(options)
         self.clock = clock
         self.cache_options = cache_options
-        self.orchestrator_id = orchestrator_id
         self._orchestrators: dict[str, Orchestrator] = {}
 
-    def for_context(self, security_context: Mapping[str, Any]) -> Orchestrator:
-        """Return the orchestrator of a request's security context."""
-        name = self.orchestrator_id(security_context) if self.orchestrator_id else DEFAULT_ORCHESTRATOR_ID
-        return self.get(str(name))
-
-    def get(self, orchestrator_id: str = DEFAULT_ORCHESTRATOR_ID) -> Orchestrator:
-        """Return the orchestrator of an id, created (and started, if running) on first use."""
+    def get(self, orchestrator_id: str = DEFAULT_ORCHESTRATOR_ID,
+            drivers: Mapping[str, Driver] | None = None) -> Orchestrator:
+        """Return the orchestrator of an id, created (and started, if running) on first use,
+        running queries on ``drivers`` (a tenant's own) or the server's."""
         orchestrator = self._orchestrators.get(orchestrator_id)
         if orchestrator is None:
-            orchestrator = Orchestrator(orchestrator_id, self.queue_store, self.cache_store, self.drivers,
+            orchestrator = Orchestrator(orchestrator_id, self.queue_store, self.cache_store,
+                                        drivers if drivers is not None else self.drivers,
                                         self.options, self.clock, self.cache_options)
             self._orchestrators[orchestrator_id] = orchestrator
             if self.running:

@@ -665,3 +665,22 @@ def unsupported_query_type_message(query_type: str) -> str:
     """Return Cube's error text for a blending or compareDateRange result asked for without
     ``queryType=multi`` (verbatim, with no space before "Please")."""
     return f"'{query_type}' query type is not supported by the client.Please update the client."
+
+
+def rewrite_input(query: Query) -> dict[str, Any]:
+    """Return the query as the ``query_rewrite`` hook receives it: Cube's normalized form (the
+    echoed query: filters with ``member``, resolved date ranges, order as ``{id, desc}``), a
+    fresh copy the hook may change."""
+    return json.loads(json.dumps(query.echo))
+
+
+def rewrite_output(rewritten: Any) -> Any:
+    """Return what a ``query_rewrite`` hook returned in the form the request parser reads
+    (order back to ``[member, direction]`` pairs, normalized-only keys dropped)."""
+    if not isinstance(rewritten, dict):
+        return rewritten
+    raw = {key: value for key, value in rewritten.items() if key not in ("rowLimit", "queryType")}
+    order = raw.get("order")
+    if isinstance(order, list) and all(isinstance(item, dict) and "id" in item for item in order):
+        raw["order"] = [[item["id"], "desc" if item.get("desc") else "asc"] for item in order]
+    return raw
