@@ -1,6 +1,6 @@
 """cubed: Cube's REST API served from one Twisted reactor."""
 
-from cubed.hooks import config
+from cubed import config
 
 __version__ = "0.1.0"
 __all__ = ["config", "__version__"]

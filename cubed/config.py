@@ -7,13 +7,15 @@ twistd options > process environment > ``.env`` > defaults. A bad value raises
 from __future__ import annotations
 
 import os
+import sys
+import types
 import re
 import socket
 import zoneinfo
 from functools import lru_cache
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 from cubed.errors import ConfigError
 
@@ -456,3 +458,17 @@ def _size(value: str) -> int:
     if size < 1:
         raise ConfigError(f'Value "{value}" is not valid for CUBEJS_MAX_REQUEST_SIZE. Must be a size like 1mb or 512kb.')
     return size
+
+
+class _ConfigModule(types.ModuleType):
+    """This module, callable: ``from cubed import config`` in a project's ``cube.py`` finds the
+    module (the package attribute ``config`` is this submodule), and ``@config('hook')`` must
+    mark hooks the way Cube's Python config does."""
+
+    def __call__(self, name: str) -> Any:
+        from cubed.hooks import config as mark_hook
+
+        return mark_hook(name)
+
+
+sys.modules[__name__].__class__ = _ConfigModule

@@ -101,6 +101,10 @@ class Tenants(Service):
         self.make_driver = make_driver
         self.reactor = reactor
         self.app_cache_size = app_cache_size
+        if hooks.driver_factory is not None and hooks.context_to_orchestrator_id is None \
+                and hooks.context_to_app_id is None:
+            raise ConfigError("cube.py: driver_factory needs context_to_orchestrator_id (or context_to_app_id): "
+                              "without it every tenant would share one set of databases, queues and caches")
         self.default_app_id = settings.extra.get("CUBEJS_APP") or DEFAULT_ORCHESTRATOR_ID
         self._models: OrderedDict[str, CompiledModel] = OrderedDict()
         self._compiling = _SingleFlight()

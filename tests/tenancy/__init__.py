@@ -1,0 +1,1 @@
+"""Tests of multi-tenancy: hooks, tenants, isolation."""
