@@ -28,8 +28,10 @@ _FALSE = ("false", "0", "no", "off", "")
 _DURATION = re.compile(r"^(\d+)([smh]?)$")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DATA_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-#: The JWT algorithms cubed verifies (HMAC with a shared secret, as CUBEJS_API_SECRET is).
-JWT_ALGORITHMS = ("HS256", "HS384", "HS512")
+#: The JWT algorithms cubed verifies: HMAC with a shared secret (CUBEJS_API_SECRET), RSA and EC
+#: with a public key (CUBEJS_JWT_KEY as a PEM or JWK, or the keys at CUBEJS_JWK_URL). Never "none".
+JWT_ALGORITHMS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                  "ES256", "ES384", "ES512")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
@@ -82,6 +84,7 @@ class Settings:
     jwt_issuer: tuple[str, ...] = ()
     jwt_subject: str | None = None
     jwt_claims_namespace: str | None = None
+    jwk_url: str | None = None
     max_request_size: int = 1024 * 1024
     log_format: str = "text"
     log_level: str = "info"
@@ -361,18 +364,7 @@ def load_settings(
     if not base_path.startswith("/") or base_path.endswith("/") and base_path != "/":
         raise ConfigError(f'Value "{base_path}" is not valid for CUBEJS_BASE_PATH. Must start with / and not end with /.')
 
-    if reader.str("CUBEJS_JWK_URL"):
-        raise ConfigError("CUBEJS_JWK_URL is not supported: cubed verifies HMAC tokens "
-                          "with CUBEJS_API_SECRET (or CUBEJS_JWT_KEY).")
-    # As in Cube, CUBEJS_JWT_KEY is the verification key when set, else CUBEJS_API_SECRET.
-    api_secret = reader.str("CUBEJS_JWT_KEY") or reader.str("CUBEJS_API_SECRET")
-    if not dev_mode and not api_secret:
-        raise ConfigError("CUBEJS_API_SECRET is required outside dev mode (set it, or CUBEJS_DEV_MODE=true).")
-    jwt_algorithms = reader.list("CUBEJS_JWT_ALGS") or ("HS256",)
-    for algorithm in jwt_algorithms:
-        if algorithm not in JWT_ALGORITHMS:
-            raise ConfigError(f'Value "{algorithm}" is not valid for CUBEJS_JWT_ALGS. '
-                              f'Must be one of: {", ".join(JWT_ALGORITHMS)}.')
+    api_secret, jwk_url, jwt_algorithms = _jwt_keys(reader, dev_mode)
 
     names = reader.list("CUBEJS_DATASOURCES")
     listed = ",".join(names)
@@ -443,11 +435,66 @@ def load_settings(
         jwt_issuer=reader.list("CUBEJS_JWT_ISSUER"),
         jwt_subject=reader.str("CUBEJS_JWT_SUBJECT"),
         jwt_claims_namespace=reader.str("CUBEJS_JWT_CLAIMS_NAMESPACE"),
+        jwk_url=jwk_url,
         max_request_size=max_request_size,
         log_format=reader.choice("CUBED_LOG_FORMAT", "text", LOG_FORMATS),
         log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", LOG_LEVELS, fold=True),
         extra=merged,
     )
+
+
+def _jwt_keys(reader: _Reader, dev_mode: bool) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """Return (verification key text, JWK URL, algorithms) from CUBEJS_JWT_KEY,
+    CUBEJS_API_SECRET, CUBEJS_JWK_URL and CUBEJS_JWT_ALGS.
+
+    As in Cube, CUBEJS_JWT_KEY is the verification key when set, else CUBEJS_API_SECRET; it may
+    be an HMAC secret, a PEM or a JWK (set). CUBEJS_JWK_URL, when set, supplies the keys instead.
+    The algorithms default to HS256 for a secret and to what the key verifies otherwise; HMAC
+    and public-key algorithms cannot be mixed (a public key must never serve as an HMAC secret),
+    and every listed algorithm must fit the key.
+    """
+    from cubed.api.jwk import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, KeyFormatError, check_algorithms, \
+        default_algorithms, load_keys
+
+    key_name = "CUBEJS_JWT_KEY" if reader.str("CUBEJS_JWT_KEY") else "CUBEJS_API_SECRET"
+    api_secret = reader.str(key_name)
+    jwk_url = reader.str("CUBEJS_JWK_URL")
+    if jwk_url is not None:
+        jwk_url = jwk_url.strip()
+        if not re.match(r"^https?://[^\s/]+", jwk_url):
+            raise ConfigError(f'Value "{jwk_url}" is not valid for CUBEJS_JWK_URL. Must be an http(s) URL.')
+    if not dev_mode and not api_secret and not jwk_url:
+        raise ConfigError("CUBEJS_API_SECRET is required outside dev mode (set it, or CUBEJS_DEV_MODE=true).")
+    listed = reader.list("CUBEJS_JWT_ALGS")
+    for algorithm in listed:
+        if algorithm not in JWT_ALGORITHMS:
+            raise ConfigError(f'Value "{algorithm}" is not valid for CUBEJS_JWT_ALGS. '
+                              f'Must be one of: {", ".join(JWT_ALGORITHMS)}.')
+    hmac = [a for a in listed if a in HMAC_ALGORITHMS]
+    public = [a for a in listed if a in ASYMMETRIC_ALGORITHMS]
+    if hmac and public:
+        raise ConfigError(f'Value "{public[0]}" is not valid for CUBEJS_JWT_ALGS. HMAC ({hmac[0]}) and '
+                          "public-key algorithms cannot be mixed.")
+    if jwk_url:
+        if hmac:
+            raise ConfigError(f'Value "{hmac[0]}" is not valid for CUBEJS_JWT_ALGS. The keys of '
+                              "CUBEJS_JWK_URL verify public-key algorithms only.")
+        return api_secret, jwk_url, tuple(listed) or ASYMMETRIC_ALGORITHMS
+    if not api_secret:
+        return None, None, tuple(listed) or ("HS256",)
+    try:
+        keys = load_keys(api_secret)
+    except KeyFormatError as error:
+        raise ConfigError(f"{key_name} is not valid: {error}.") from None
+    if public and all(key.symmetric for key in keys):
+        raise ConfigError(f'Value "{public[0]}" is not valid for CUBEJS_JWT_ALGS. It needs a public key '
+                          "(CUBEJS_JWT_KEY as a PEM or JWK, or CUBEJS_JWK_URL).")
+    try:
+        check_algorithms(keys, listed or default_algorithms(keys))
+    except KeyFormatError as error:
+        raise ConfigError(f'Value "{",".join(listed)}" is not valid for CUBEJS_JWT_ALGS. The {key_name} {error}.') \
+            from None
+    return api_secret, None, tuple(listed) or default_algorithms(keys)
 
 
 def _size(value: str) -> int:
