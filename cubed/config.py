@@ -79,6 +79,7 @@ class Settings:
     scheduled_refresh_timer: float = 30.0
     scheduled_refresh_timezones: tuple[str, ...] = ("UTC",)
     pre_aggregations_schema: str | None = None
+    rollup_only: bool = False
     jwt_algorithms: tuple[str, ...] = ("HS256",)
     jwt_audience: str | None = None
     jwt_issuer: tuple[str, ...] = ()
@@ -97,6 +98,13 @@ class Settings:
             if ds.name == "default":
                 return ds
         return self.data_sources[0]
+
+    @property
+    def pre_aggregations_schema_name(self) -> str:
+        """Return the schema pre-aggregation tables are built in (Cube's defaults by mode)."""
+        if self.pre_aggregations_schema:
+            return self.pre_aggregations_schema
+        return "dev_pre_aggregations" if self.dev_mode else "prod_pre_aggregations"
 
     @property
     def resolved_schema_path(self) -> Path:
@@ -388,7 +396,9 @@ def load_settings(
     # CUBEJS_REFRESH_WORKER and its legacy names (CUBEJS_SCHEDULED_REFRESH, then
     # CUBEJS_SCHEDULED_REFRESH_TIMER, which lose to it) are true/false or the loop's interval,
     # which also turns the loop on.
-    refresh_worker = False
+    # Off by default in production; in dev mode on, as Cube's (it keeps the rollups the
+    # developer is trying out built).
+    refresh_worker = dev_mode
     refresh_timer = 30.0
     for key in ("CUBEJS_SCHEDULED_REFRESH_TIMER", "CUBEJS_SCHEDULED_REFRESH", "CUBEJS_REFRESH_WORKER"):
         raw = reader.str(key)
@@ -429,7 +439,8 @@ def load_settings(
         refresh_worker=refresh_worker,
         scheduled_refresh_timer=refresh_timer,
         scheduled_refresh_timezones=timezones,
-        pre_aggregations_schema=reader.str("CUBEJS_PRE_AGGREGATIONS_SCHEMA"),
+        pre_aggregations_schema=_identifier(reader.str("CUBEJS_PRE_AGGREGATIONS_SCHEMA"), "CUBEJS_PRE_AGGREGATIONS_SCHEMA"),
+        rollup_only=reader.bool("CUBEJS_ROLLUP_ONLY", False),
         jwt_algorithms=jwt_algorithms,
         jwt_audience=reader.str("CUBEJS_JWT_AUDIENCE"),
         jwt_issuer=reader.list("CUBEJS_JWT_ISSUER"),
@@ -441,6 +452,15 @@ def load_settings(
         log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", LOG_LEVELS, fold=True),
         extra=merged,
     )
+
+
+def _identifier(value: str | None, key: str) -> str | None:
+    """Return ``value`` when it is a plain SQL identifier (it names a schema in SQL)."""
+    if value is None:
+        return None
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):
+        raise ConfigError(f"{key} must be a plain identifier (letters, digits, _), got {value!r}")
+    return value
 
 
 def _jwt_keys(reader: _Reader, dev_mode: bool) -> tuple[str | None, str | None, tuple[str, ...]]:

@@ -72,14 +72,17 @@ class ContinueWait(CubedError):
 
     status = 200
 
-    def __init__(self, stage: dict[str, Any] | None = None) -> None:
+    def __init__(self, stage: dict[str, Any] | None = None, progress: dict[str, Any] | None = None) -> None:
         super().__init__("Continue wait")
         self.stage = stage
+        self.progress = progress
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": "Continue wait"}
         if self.stage is not None:
             body["stage"] = self.stage
+        if self.progress is not None:
+            body["progress"] = self.progress
         return body
 
 

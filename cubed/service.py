@@ -97,6 +97,8 @@ class CubedServer:
     orchestrators: Any
     drivers: dict[str, Any]
     backends: BackendsService
+    refresher: Any = None
+    worker: Any = None
 
 
 def build_server(settings: Any, reactor: Any) -> CubedServer:
@@ -111,6 +113,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     from cubed.api.health import CachedProbe
     from cubed.drivers.factory import make_driver
     from cubed.model.registry import ModelRegistry
+    from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker
     from cubed.orchestrator.registry import Orchestrators
     from cubed.hooks import load_hooks
     from cubed.orchestrator.setup import make_store, queue_options
@@ -118,10 +121,12 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
 
     drivers = {ds.name: make_driver(ds, reactor) for ds in settings.data_sources}
     registry = ModelRegistry(settings.resolved_schema_path,
-                             lambda name: drivers[name].dialect, lambda name: drivers[name].db_type, reactor)
+                             lambda name: drivers[name].dialect, lambda name: drivers[name].db_type, reactor,
+                             settings.pre_aggregations_schema_name)
     registry.load_now()
     store = make_store(settings, reactor)
-    orchestrators = Orchestrators(store, store, drivers, queue_options(settings, drivers), reactor)
+    orchestrators = Orchestrators(store, store, drivers, queue_options(settings, drivers), reactor,
+                                  rollup_only=settings.rollup_only)
     hooks = load_hooks(settings.project_dir)
     tenants = Tenants(settings, hooks, registry, orchestrators, make_driver, reactor)
     default_driver = drivers[settings.default_data_source.name]
@@ -137,9 +142,10 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
             await driver.test_connection()
         await orchestrators.ping()
 
+    refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones)
     api = CubedApi(
         settings=settings,
-        gateway=Gateway(settings, tenants, hooks),
+        gateway=Gateway(settings, tenants, hooks, refresher),
         authenticator=Authenticator(settings),
         readiness=CachedProbe("readiness", ready, reactor),
         liveness=CachedProbe("liveness", live, reactor),
@@ -157,8 +163,14 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     backends.setServiceParent(root)
     orchestrators.setServiceParent(root)
     tenants.setServiceParent(root)
+    worker = None
+    if settings.refresh_worker:
+        # Started last, so stopped first: a pass never outlives the queues and databases.
+        worker = RefreshWorker(refresher, settings.scheduled_refresh_timer, reactor)
+        worker.setServiceParent(root)
     return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
-                       orchestrators=orchestrators, drivers=drivers, backends=backends)
+                       orchestrators=orchestrators, drivers=drivers, backends=backends, refresher=refresher,
+                       worker=worker)
 
 
 def makeService(options: Mapping[str, Any]) -> service.IService:

@@ -9,6 +9,7 @@ Concurrent first requests of a tenant share one compile and one driver set-up.
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -28,6 +29,7 @@ from cubed.orchestrator.orchestrator import DEFAULT_ORCHESTRATOR_ID, Orchestrato
 from cubed.orchestrator.registry import Orchestrators
 
 APP_CACHE_SIZE = 250
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 DRIVER_KEYS = {"type": "db_type", "db_type": "db_type", "host": "host", "port": "port", "database": "database",
                "user": "user", "password": "password", "url": "url", "ssl": "ssl", "max_pool": "max_pool",
                "query_timeout": "query_timeout", "concurrency": "concurrency", "duckdb_path": "duckdb_path",
@@ -151,7 +153,8 @@ class Tenants(Service):
         return await self._connecting.run(orchestrator_id, connect)
 
     async def _model(self, app_id: str, context: Mapping[str, Any], orchestrator: Orchestrator) -> CompiledModel:
-        if self.hooks.context_to_app_id is None and self.hooks.repository_factory is None:
+        if self.hooks.context_to_app_id is None and self.hooks.repository_factory is None \
+                and self.hooks.pre_aggregations_schema is None:
             return self.registry.current
         cached = self._models.get(app_id)
         if cached is not None:
@@ -165,10 +168,15 @@ class Tenants(Service):
                 path = Path(found["path"] if isinstance(found, Mapping) else found)
                 directory = path if path.is_absolute() else (self.settings.project_dir / path)
             drivers = orchestrator.drivers
+            schema = self.settings.pre_aggregations_schema_name
+            if self.hooks.pre_aggregations_schema is not None:
+                schema = str(await call_hook("pre_aggregations_schema", self.hooks.pre_aggregations_schema, dict(context)))
+                if not _IDENTIFIER.fullmatch(schema):
+                    raise InternalError(f"pre_aggregations_schema must return a plain identifier, got {schema!r}")
             try:
                 compiled = await threads.deferToThreadPool(
                     self.reactor, self.reactor.getThreadPool(), compile_directory, directory,
-                    lambda ds: drivers[ds].dialect, lambda ds: drivers[ds].db_type, dict(context))
+                    lambda ds: drivers[ds].dialect, lambda ds: drivers[ds].db_type, dict(context), schema)
             except ModelError as error:
                 raise InternalError(f"model of app '{app_id}': {error}") from None
             self._models[app_id] = compiled

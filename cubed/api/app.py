@@ -106,6 +106,7 @@ class CubedApi:
             ("/v1/sql", ("GET", "POST"), self._sql, "sql"),
             ("/v1/dry-run", ("GET", "POST"), self._dry_run, "data"),
             ("/v1/meta", ("GET",), self._meta, "meta"),
+            ("/v1/run-scheduled-refresh", ("GET",), self._run_scheduled_refresh, "jobs"),
         ]
         self.known_paths = {b"/readyz", b"/livez"}
         for path, methods, handler, scope in routes:
@@ -263,6 +264,9 @@ class CubedApi:
 
     async def _meta(self, request: IRequest, context: RequestContext) -> Any:
         return await self.gateway.meta(context)
+
+    async def _run_scheduled_refresh(self, request: IRequest, context: RequestContext) -> Any:
+        return await self.gateway.run_scheduled_refresh(self._args(request).get("queryingOptions"), context)
 
     def _probe(self, probe: CachedProbe) -> Callable[[IRequest], Awaitable[bytes]]:
         async def route(request: IRequest) -> bytes:

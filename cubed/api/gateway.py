@@ -5,6 +5,7 @@ security context and gets back the JSON-ready body, or a CubedError.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -13,10 +14,9 @@ from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherR
 from twisted.python.failure import Failure
 
 from cubed.config import Settings
-from cubed.errors import InternalError, UserError
+from cubed.errors import ContinueWait, InternalError, UserError
 from cubed.hooks import Hooks, call_hook
 from cubed.logs import RequestLogger
-from cubed.model.registry import CompiledModel
 from cubed.orchestrator.cache import Fetched
 from cubed.query.plan import QueryPlan
 from cubed.query.request import (expand_query, normalize_query, parse_query_param, pivot_query,
@@ -43,10 +43,11 @@ class RequestContext:
 class Gateway:
     """The data API: ``load``, ``sql``, ``dry_run``, ``meta``."""
 
-    def __init__(self, settings: Settings, tenants: Tenants, hooks: Hooks) -> None:
+    def __init__(self, settings: Settings, tenants: Tenants, hooks: Hooks, refresher: Any = None) -> None:
         self.settings = settings
         self.tenants = tenants
         self.hooks = hooks
+        self.refresher = refresher
 
     @property
     def show_hidden(self) -> bool:
@@ -104,15 +105,29 @@ class Gateway:
         compiled = tenant.compiled
         keys = compiled.refresh_keys.for_cubes(plan.cubes)
         orchestrator = tenant.orchestrator
+        sql, total_sql = plan.sql, plan.total_sql
+        used: dict[str, Any] = {}
+        if plan.rollup is not None:
+            tables = await orchestrator.pre_aggregations.tables_for(compiled, plan.rollup, context.request_id)
+            if tables is None:
+                # The rollup has no rows to partition yet: the cube's own tables answer.
+                plan = compiled.plan_from_source(query, context.security_context)
+                sql, total_sql = plan.sql, plan.total_sql
+            else:
+                # Results are cached under the physical tables' names: a rebuilt table is a
+                # new entry, so the cubes' refresh keys are not needed.
+                sql, total_sql = plan.rollup.render([physical for _logical, physical in tables])
+                keys = []
+                used = {logical: {"targetTableName": physical} for logical, physical in tables}
 
         def fetch(sql: Any) -> Deferred[Fetched]:
             return ensureDeferred(orchestrator.fetch(plan.data_source, sql, keys, query.cache_mode, query.renew_query,
                                                      context.request_id))
 
-        if plan.total_sql is None:
-            fetched: list[Fetched] = [await fetch(plan.sql)]
+        if total_sql is None:
+            fetched: list[Fetched] = [await fetch(sql)]
         else:
-            fetched = await gatherResults([fetch(plan.sql), fetch(plan.total_sql)],
+            fetched = await gatherResults([fetch(sql), fetch(total_sql)],
                                           consumeErrors=True).addErrback(_first_error)
         main = fetched[0]
         annotation = annotation_for(query, compiled.meta, self.show_hidden)
@@ -120,9 +135,9 @@ class Gateway:
         body: dict[str, Any] = {"query": query.echo, "data": data, "lastRefreshTime": iso_time(main.refreshed_at)}
         if self.settings.dev_mode:
             body.update({"refreshKeyValues": [[{"refresh_key": value} for value in main.refresh_key_values]],
-                         "usedPreAggregations": {}, "transformedQuery": None, "requestId": context.request_id})
+                         "usedPreAggregations": used, "transformedQuery": None, "requestId": context.request_id})
         total = None
-        if plan.total_sql is not None:
+        if total_sql is not None:
             rows = fetched[1].result.rows
             total = int(rows[0][0]) if rows else 0
         body.update({
@@ -139,21 +154,32 @@ class Gateway:
         """Return the ``/v1/sql`` body: the SQL and what it means, without running it."""
         query_type, queries = await self._normalized(raw, context)
         tenant, plans = await self._plans(queries, context)
-        bodies = [{"sql": self._sql_description(tenant.compiled, plan)} for plan in plans]
+        bodies = [{"sql": self._sql_description(tenant, plan)} for plan in plans]
         return bodies[0] if query_type == REGULAR else bodies
 
-    def _sql_description(self, compiled: CompiledModel, plan: QueryPlan) -> dict[str, Any]:
-        return {
+    def _sql_description(self, tenant: Tenant, plan: QueryPlan) -> dict[str, Any]:
+        compiled = tenant.compiled
+        body = {
             "sql": [plan.sql.display, list(plan.sql.params)],
             "timeDimensionAlias": plan.time_dimension_alias,
             "timeDimensionField": plan.time_dimension_field,
             "order": {item.id: "desc" if item.desc else "asc" for item in plan.order},
-            "cacheKeyQueries": [key.cache_key_query() for key in compiled.refresh_keys.for_cubes(plan.cubes)],
-            "preAggregations": [],
+            "cacheKeyQueries": [] if plan.rollup is not None else
+            [key.cache_key_query() for key in compiled.refresh_keys.for_cubes(plan.cubes)],
+            "preAggregations": [] if plan.rollup is None else
+            [tenant.orchestrator.pre_aggregations.describe(compiled, plan.rollup)],
             "dataSource": plan.data_source,
             "aliasNameToMember": plan.alias_to_member,
             "external": False,
         }
+        if self.settings.dev_mode:
+            # Beyond Cube (its users ask why a rollup is not used): each candidate and why not.
+            results = [{"preAggregationId": pre_id, "matched": False, "reason": reason}
+                       for pre_id, reason in plan.rollup_reasons.items()]
+            if plan.rollup is not None:
+                results.append({"preAggregationId": plan.rollup.pre_aggregation.id, "matched": True, "reason": None})
+            body["rollupMatchResults"] = results
+        return body
 
     async def dry_run(self, raw: Any, context: RequestContext) -> dict[str, Any]:
         """Return the ``/v1/dry-run`` body: normalized queries, their order, the pivot query."""
@@ -170,6 +196,29 @@ class Gateway:
             "transformedQueries": [None for _ in plans],
             "pivotQuery": pivot,
         }
+
+    async def run_scheduled_refresh(self, querying_options: Any, context: RequestContext) -> dict[str, Any]:
+        """Return ``{"finished": true}`` once every pre-aggregation table of the caller's tenant
+        is current; Continue wait (with cubed's ``progress``) while builds are queued or running;
+        the first build error otherwise."""
+        from cubed.orchestrator.refresh import querying_timezones
+
+        if self.refresher is None:
+            raise InternalError("the refresh scheduler is not configured")
+        options = querying_options
+        if isinstance(querying_options, str) and querying_options:
+            try:
+                options = json.loads(querying_options)
+            except ValueError as error:
+                raise UserError(f"Unable to decode queryingOptions as JSON, error: {error}") from None
+        zones = querying_timezones(options, self.settings.scheduled_refresh_timezones)
+        progress = await self.refresher.run_pass(zones, [dict(context.hooks_context)])
+        failed = next((s for s in progress.states if s.state == "failed"), None)
+        if failed is not None:
+            raise UserError(f"Refresh of {failed.target.qualified} failed: {failed.error}")
+        if not progress.finished:
+            raise ContinueWait(progress=progress.as_json())
+        return {"finished": True}
 
     async def meta(self, context: RequestContext) -> dict[str, Any]:
         """Return the ``/v1/meta`` body (of the caller's app's model)."""

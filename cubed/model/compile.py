@@ -31,6 +31,7 @@ from cubed.model.schema import (
     SqlTemplate,
 )
 from cubed.model.templates import FILTER_PARAMS, SECURITY_CONTEXT, parse_template
+from cubed.model.preaggregations import compile_pre_aggregations
 from cubed.model.views import compile_views
 
 IDENTIFIER = re.compile(r"^[_a-zA-Z][_a-zA-Z0-9]*$")
@@ -146,7 +147,9 @@ class ModelCompiler:
         _validate_references(Model(cubes=cubes, version=""), raw_cubes)
         _validate_joins(Model(cubes=cubes, version=""), raw_cubes)
         views = compile_views(cubes, raw_views)
-        return Model(cubes={**cubes, **views}, version=_version(definitions))
+        pre_aggregations = compile_pre_aggregations(Model(cubes=cubes, version=""),
+                                                    {name: f"{raw.file}:{raw.line}" for name, raw in raw_cubes.items()})
+        return Model(cubes={**cubes, **views}, version=_version(definitions), pre_aggregations=pre_aggregations)
 
     def _resolve_extends(self, name: str, raw_cubes: Mapping[str, RawDefinition], seen: tuple[str, ...]) -> dict[str, Any]:
         raw = raw_cubes[name]

@@ -55,15 +55,22 @@ class CompiledModel:
             self._plans.popitem(last=False)
         return plan
 
+    def plan_from_source(self, query: Query, security_context: Mapping[str, Any] | None = None) -> QueryPlan:
+        """Return the plan of a query read from the cubes' own tables, never a rollup (when
+        the rollup has nothing to read; rare, so not cached)."""
+        return self.planner.plan(query, security_context, rollups=False)
+
 
 def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str],
-                      compile_context: Mapping[str, Any] | None = None) -> CompiledModel:
+                      compile_context: Mapping[str, Any] | None = None,
+                      pre_aggregations_schema: str = "prod_pre_aggregations") -> CompiledModel:
     """Return the CompiledModel of a model directory (blocking: run it in a thread), with
-    ``{COMPILE_CONTEXT...}`` taken from ``compile_context``."""
+    ``{COMPILE_CONTEXT...}`` taken from ``compile_context``, its pre-aggregations built in
+    ``pre_aggregations_schema``."""
     model = ModelCompiler(dialect_for).compile(load_directory(directory), compile_context)
     joins = JoinGraph(model)
     return CompiledModel(model=model, joins=joins, meta=ModelMeta(model, joins),
-                         planner=QueryPlanner(model, joins, dialect_for, db_type_for),
+                         planner=QueryPlanner(model, joins, dialect_for, db_type_for, pre_aggregations_schema),
                          refresh_keys=RefreshKeys(model, dialect_for),
                          uses_security_context=_reads_security_context(model))
 
@@ -81,8 +88,9 @@ class ModelRegistry:
     log = Logger()
 
     def __init__(self, directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str],
-                 reactor: Any) -> None:
+                 reactor: Any, pre_aggregations_schema: str = "prod_pre_aggregations") -> None:
         self.directory = directory
+        self.pre_aggregations_schema = pre_aggregations_schema
         self.dialect_for = dialect_for
         self.db_type_for = db_type_for
         self.reactor = reactor
@@ -97,14 +105,16 @@ class ModelRegistry:
 
     def load_now(self) -> CompiledModel:
         """Load and install the model synchronously (start-up, where failing fast is wanted)."""
-        compiled = compile_directory(self.directory, self.dialect_for, self.db_type_for)
+        compiled = compile_directory(self.directory, self.dialect_for, self.db_type_for,
+                                     pre_aggregations_schema=self.pre_aggregations_schema)
         self._install(compiled)
         return compiled
 
     def reload(self) -> Deferred[CompiledModel]:
         """Load the model in a thread and install it; on error keep the current one and fail."""
         d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), compile_directory,
-                                      self.directory, self.dialect_for, self.db_type_for)
+                                      self.directory, self.dialect_for, self.db_type_for, None,
+                                      self.pre_aggregations_schema)
         d.addCallback(self._install)
         return d
 

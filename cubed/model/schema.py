@@ -188,6 +188,7 @@ class Model:
 
     cubes: Mapping[str, Cube]
     version: str
+    pre_aggregations: Mapping[str, Any] = field(default_factory=dict)  # id -> PreAggregation
 
     def cube(self, name: str) -> Cube | None:
         """Return the cube named ``name`` or None."""

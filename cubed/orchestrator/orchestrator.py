@@ -14,6 +14,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from cubed.drivers.base import Driver, ResultSet
 from cubed.errors import CompileError
 from cubed.orchestrator.cache import CacheOptions, Fetched, QueryCache
+from cubed.orchestrator.preaggregations import PreAggregationLoader
 from cubed.orchestrator.queue import QueryQueue, QueueOptions
 from cubed.orchestrator.refresh_keys import RefreshKey
 from cubed.orchestrator.stores import CacheStore, QueuedQuery, QueueStore
@@ -27,7 +28,7 @@ class Orchestrator:
 
     def __init__(self, orchestrator_id: str, queue_store: QueueStore, cache_store: CacheStore,
                  drivers: Mapping[str, Driver], options: Mapping[str, QueueOptions], clock: Any,
-                 cache_options: CacheOptions = CacheOptions()) -> None:
+                 cache_options: CacheOptions = CacheOptions(), rollup_only: bool = False) -> None:
         self.orchestrator_id = orchestrator_id
         self.drivers = dict(drivers)
         self.clock = clock
@@ -39,6 +40,8 @@ class Orchestrator:
             self.queues[name] = QueryQueue(
                 f"SQL_QUERY_{orchestrator_id}_{name}", queue_store, self._executor(driver),
                 options.get(name, QueueOptions()), clock, on_result=self.cache.store_result)
+        self.pre_aggregations = PreAggregationLoader(orchestrator_id, self.drivers, queue_store, self.cache, cache_store,
+                                                     options, clock, rollup_only=rollup_only)
 
     @staticmethod
     def _executor(driver: Driver) -> Any:
@@ -57,13 +60,15 @@ class Orchestrator:
     def start(self) -> Deferred[Any]:
         """Start every queue's reconcile loop and completion subscription."""
         self.started = True
-        return gatherResults([queue.start() for queue in self.queues.values()], consumeErrors=True)
+        return gatherResults([queue.start() for queue in self.queues.values()] + [self.pre_aggregations.start()],
+                             consumeErrors=True)
 
     def stop(self) -> None:
         """Stop the queues (queries this process runs are cancelled)."""
         self.started = False
         for queue in self.queues.values():
             queue.stop()
+        self.pre_aggregations.stop()
 
     async def fetch(self, data_source: str, sql: RenderedSql, keys: list[RefreshKey], mode: str = "stale-if-slow",
                     renew: bool = False, request_id: str = "", priority: int = 0) -> Fetched:

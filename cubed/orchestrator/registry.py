@@ -23,13 +23,14 @@ class Orchestrators(Service):
 
     def __init__(self, queue_store: QueueStore, cache_store: CacheStore, drivers: Mapping[str, Driver],
                  options: Mapping[str, QueueOptions], clock: Any, cache_options: CacheOptions = CacheOptions(),
-                 orchestrator_id: OrchestratorIdHook | None = None) -> None:
+                 orchestrator_id: Any = None, rollup_only: bool = False) -> None:
         self.queue_store = queue_store
         self.cache_store = cache_store
         self.drivers = dict(drivers)
         self.options = dict(options)
         self.clock = clock
         self.cache_options = cache_options
+        self.rollup_only = rollup_only
         self._orchestrators: dict[str, Orchestrator] = {}
 
     def get(self, orchestrator_id: str = DEFAULT_ORCHESTRATOR_ID,
@@ -40,7 +41,7 @@ class Orchestrators(Service):
         if orchestrator is None:
             orchestrator = Orchestrator(orchestrator_id, self.queue_store, self.cache_store,
                                         drivers if drivers is not None else self.drivers,
-                                        self.options, self.clock, self.cache_options)
+                                        self.options, self.clock, self.cache_options, rollup_only=self.rollup_only)
             self._orchestrators[orchestrator_id] = orchestrator
             if self.running:
                 self._start(orchestrator_id, orchestrator)

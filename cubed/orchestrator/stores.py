@@ -32,6 +32,8 @@ class QueuedQuery:
     cache_key: str | None = None
     renewal_key: str | None = None
     result_ttl: float = 0.0
+    # What a pre-aggregation queue runs instead of ``sql`` (a build or a clean-up), as JSON.
+    job: dict[str, Any] | None = None
 
     def score(self) -> float:
         """Return the queue order of this query: higher priority first, then first come.

@@ -32,6 +32,9 @@ class RenderContext:
     ungrouped: bool = False
     rendered: Mapping[str, str] = field(default_factory=dict)
     granularity_override: str | None = None
+    # Members read from a rollup table: the expression standing for each (a column, or the
+    # re-aggregation of one for measures).
+    substitutes: Mapping[str, exp.Expression] = field(default_factory=dict)
 
     def with_prefix(self, prefix: str | None) -> "RenderContext":
         """Return this context with another alias prefix."""
@@ -154,6 +157,8 @@ class MemberRenderer:
 
     def dimension_sql(self, dimension: Dimension, ctx: RenderContext) -> exp.Expression:
         """Return a dimension's SQL expression."""
+        if dimension.path in ctx.substitutes:
+            return ctx.substitutes[dimension.path].copy()
         if dimension.path in ctx.rendered:
             return exp.column(ctx.rendered[dimension.path], quoted=True)
         if dimension.sub_query:
@@ -176,6 +181,8 @@ class MemberRenderer:
 
     def segment_sql(self, segment: Segment, ctx: RenderContext) -> exp.Expression:
         """Return a segment's boolean SQL expression."""
+        if segment.path in ctx.substitutes:
+            return ctx.substitutes[segment.path].copy()
         if segment.path in ctx.rendered:
             return exp.column(ctx.rendered[segment.path], quoted=True)
         return self.resolve(segment.sql, segment.cube, ctx)
@@ -221,6 +228,8 @@ class MemberRenderer:
 
     def measure_sql(self, measure: Measure, ctx: RenderContext) -> exp.Expression:
         """Return a measure's aggregate expression as Cube renders it (``renderSqlMeasure``)."""
+        if measure.path in ctx.substitutes:
+            return ctx.substitutes[measure.path].copy()
         if measure.path in ctx.rendered:
             return exp.column(ctx.rendered[measure.path], quoted=True)
         base = self.measure_base_sql(measure, ctx)

@@ -29,6 +29,8 @@ from cubed.query.dialects import SqlDialect, dialect_for
 from cubed.query.expressions import and_all, paren, quoted
 from cubed.query.security import render_security_context, splice_in_lists
 from cubed.query.members import MemberRenderer, RenderContext, member_cubes, referenced_cubes, subquery_dimensions
+from cubed.query.rollup_sql import RollupRead, logical_table_name, read_builder_class, total_of
+from cubed.query.rollups import find_rollup, leaf_measures, query_shape
 from cubed.query.sql import RenderedSql, render_sql
 from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
 
@@ -62,12 +64,29 @@ class QueryPlan:
     time_dimension_alias: str | None = None
     time_dimension_field: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
+    rollup: RollupRead | None = None
+    # Why each pre-aggregation of the query's cubes could not answer it (dev-mode /v1/sql).
+    rollup_reasons: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @property
     def alias_to_member(self) -> dict[str, str]:
         """Return Cube's ``aliasNameToMember`` map (measures, dimensions, time dimensions)."""
         ordered = [c for c in self.columns if c.kind == "measure"] + [c for c in self.columns if c.kind != "measure"]
         return {c.alias: c.member for c in ordered}
+
+
+@dataclass(frozen=True)
+class BuildSelect:
+    """The SELECT that builds a pre-aggregation's table, with its bound values and dialect."""
+
+    tree: exp.Select
+    params: tuple[Any, ...]
+    dialect: str
+
+    def render(self, wrap: Any = None) -> RenderedSql:
+        """Return the SELECT rendered, or ``wrap(select)`` (a CREATE TABLE around it)."""
+        tree = self.tree.copy()
+        return render_sql(wrap(tree) if wrap is not None else tree, list(self.params), self.dialect)
 
 
 @dataclass(frozen=True)
@@ -101,11 +120,14 @@ class _Classified:
 class QueryPlanner:
     """Plans queries against one compiled model for one data source dialect."""
 
-    def __init__(self, model: Model, joins: JoinGraph, dialect_for: Any, db_type_for: Any) -> None:
+    def __init__(self, model: Model, joins: JoinGraph, dialect_for: Any, db_type_for: Any,
+                 pre_aggregations_schema: str = "prod_pre_aggregations") -> None:
         self.model = model
         self.joins = joins
         self.dialect_for = dialect_for
         self.db_type_for = db_type_for
+        self.pre_aggregations_schema = pre_aggregations_schema
+        self._read_builder = read_builder_class(_SqlBuilder)
 
     # -- member resolution ---------------------------------------------------------------
     def _by_path(self, kind: str, path: str) -> Any:
@@ -233,9 +255,11 @@ class QueryPlanner:
         )
         return rewritten, exposed, join_paths
 
-    def plan(self, query: Query, security_context: Mapping[str, Any] | None = None) -> QueryPlan:
-        """Return the QueryPlan of a normalized query for a request's security context;
-        CompileError/UserError for bad queries."""
+    def plan(self, query: Query, security_context: Mapping[str, Any] | None = None,
+             rollups: bool = True) -> QueryPlan:
+        """Return the QueryPlan of a normalized query for a request's security context (read
+        from a rollup when one matches, unless ``rollups`` is False); CompileError/UserError
+        for bad queries."""
         planned, exposed, join_paths = self._unview(query)
         members = self._resolve(planned)
         hints = self._join_hints(members, join_paths)
@@ -257,6 +281,12 @@ class QueryPlanner:
         tree = self.joins.build(tuple(hints))
         if query.ungrouped:
             self._check_ungrouped(tree, members)
+        reasons: dict[str, str] = {}
+        if rollups and self.model.pre_aggregations and not query.ungrouped:
+            rollup_plan = self._rollup_plan(query, planned, members, tree, exposed, data_source, dialect,
+                                            security_context, reasons)
+            if rollup_plan is not None:
+                return rollup_plan
         builder = _SqlBuilder(self.model, tree, members, planned, dialect, self.joins, exposed=exposed,
                               security_context=security_context)
         order = builder.order
@@ -277,7 +307,104 @@ class QueryPlanner:
             total_sql=total_sql,
             time_dimension_alias=builder.time_alias(first_td) if first_td else None,
             time_dimension_field=builder.public(first_td.query.dimension) if first_td else None,
+            rollup_reasons=reasons,
         )
+
+    def _rollup_plan(self, query: Query, planned: Query, members: _Members, tree: JoinTree, exposed: dict[str, str],
+                     data_source: str, dialect: str, security_context: Mapping[str, Any] | None,
+                     reasons: dict[str, str]) -> QueryPlan | None:
+        """Return the plan reading the first rollup that can answer the query, or None (with
+        why each candidate could not in ``reasons``)."""
+        measures = list(members.measures)
+        for item in members.measure_filters:
+            for leaf in _leaves(item):
+                cube_name, _, name = leaf.member.partition(".")
+                measure = self.model.cubes[cube_name].measures[name]
+                if measure not in measures:
+                    measures.append(measure)
+        # Stricter than Cube: a count turned into count(distinct key) by a fan-out is not
+        # summable across rollup rows either (Cube would double count it).
+        multiplied = any(leaf.cube in tree.multiplied for m in measures for leaf in leaf_measures(self.model, m))
+        shape = query_shape(
+            self.model, list(members.measures), [d.path for d in members.dimensions], [s.path for s in members.segments],
+            [(td.dimension.path, td.query.granularity, td.query.date_range) for td in members.time_dimensions],
+            members.dimension_filters, members.measure_filters, multiplied)
+        pre_aggregation, found_reasons = find_rollup(self.model, tree.cubes, shape)
+        reasons.update(found_reasons)
+        if pre_aggregation is None:
+            return None
+        additive = shape.leaf_measures_additive and not multiplied
+        builder = self._read_builder(self.model, tree, members, planned, dialect, self.joins, exposed=exposed,
+                                     security_context=security_context, pre_aggregation=pre_aggregation,
+                                     additive=additive)
+        select = splice_in_lists(builder.build())
+        total_select, total_params = None, ()
+        if query.total:
+            total_builder = self._read_builder(self.model, tree, members, planned, dialect, self.joins, total=True,
+                                               exposed=exposed, security_context=security_context,
+                                               pre_aggregation=pre_aggregation, additive=additive)
+            total_select = total_of(splice_in_lists(total_builder.build()))
+            total_params = tuple(total_builder.params.values)
+        ranges = [td.query.date_range for td in members.time_dimensions
+                  if td.query.date_range and td.dimension.path == pre_aggregation.time_dimension]
+        date_range = (max(r[0] for r in ranges), min(r[1] for r in ranges)) if ranges else None
+        read = RollupRead(pre_aggregation=pre_aggregation, timezone=query.timezone, date_range=date_range,
+                          dialect=dialect, table_alias=builder.table_alias, select=select,
+                          params=tuple(builder.params.values), total_select=total_select, total_params=total_params,
+                          reasons=dict(reasons))
+        logical = f"{self.pre_aggregations_schema}.{logical_table_name(self.model, pre_aggregation)}"
+        rendered, total_sql = read.render([logical])
+        first_td = next((td for td in members.time_dimensions if td.query.granularity), None)
+        return QueryPlan(
+            query=query, data_source=data_source, db_type=self.db_type_for(data_source), dialect=dialect,
+            sql=rendered, columns=tuple(builder.columns), order=builder.order, cubes=tuple(tree.cubes),
+            total_sql=total_sql,
+            time_dimension_alias=builder.time_alias(first_td) if first_td else None,
+            time_dimension_field=builder.public(first_td.query.dimension) if first_td else None,
+            rollup=read, rollup_reasons=reasons,
+        )
+
+    def plan_rollup_build(self, pre_aggregation: Any, timezone: str,
+                          date_range: tuple[str, str] | None = None) -> "BuildSelect":
+        """Return the SELECT that builds a rollup's table in ``timezone`` (one partition when
+        ``date_range`` is given: local bounds of the time dimension)."""
+        if pre_aggregation.type == "original_sql":
+            return self._original_sql_select(pre_aggregation)
+        time_dimensions: tuple[TimeDimension, ...] = ()
+        if pre_aggregation.time_dimension is not None:
+            time_dimensions = (TimeDimension(pre_aggregation.time_dimension, pre_aggregation.granularity, date_range),)
+        query = Query(measures=pre_aggregation.measures, dimensions=pre_aggregation.dimensions,
+                      segments=pre_aggregation.segments, time_dimensions=time_dimensions, limit=None,
+                      timezone=timezone)
+        members = self._resolve(query)
+        hints = self._join_hints(members, {})
+        tree = self.joins.build(tuple(hints))
+        dialect = self.dialect_for(self.model.cubes[pre_aggregation.cube].data_source)
+        builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins, ordered=False,
+                              segment_columns=True)
+        return BuildSelect(splice_in_lists(builder.build()), tuple(builder.params.values), dialect)
+
+    def _original_sql_select(self, pre_aggregation: Any) -> "BuildSelect":
+        """Return ``SELECT * FROM <the cube's sql>``: an original_sql pre-aggregation."""
+        cube_name = pre_aggregation.cube
+        dialect = self.dialect_for(self.model.cubes[cube_name].data_source)
+        renderer = MemberRenderer(self.model, dialect_for(dialect))
+        select = exp.select(exp.Star(), copy=False).from_(renderer.from_item(cube_name, RenderContext()), copy=False)
+        return BuildSelect(select, (), dialect)
+
+    def plan_rollup_bounds(self, pre_aggregation: Any, timezone: str) -> RenderedSql:
+        """Return ``SELECT min(t), max(t)`` of a rollup's time dimension as local time in
+        ``timezone`` (the range its partitions cover when it has no build range)."""
+        cube_name = pre_aggregation.time_dimension.partition(".")[0]
+        dialect = self.dialect_for(self.model.cubes[cube_name].data_source)
+        sql_dialect = dialect_for(dialect)
+        renderer = MemberRenderer(self.model, sql_dialect)
+        ctx = RenderContext()
+        dimension = self._by_path("dimensions", pre_aggregation.time_dimension)
+        local = sql_dialect.in_zone(renderer.dimension_sql(dimension, ctx), timezone)
+        select = exp.select(exp.Min(this=local), exp.Max(this=local.copy()), copy=False).from_(
+            renderer.from_item(cube_name, ctx), copy=False)
+        return render_sql(select, [], dialect)
 
     def _check_ungrouped(self, tree: JoinTree, members: _Members) -> None:
         selected = {d.path for d in members.dimensions}
@@ -319,8 +446,11 @@ class _SqlBuilder:
     def __init__(self, model: Model, tree: JoinTree, members: _Members, query: Query, dialect: str,
                  joins: JoinGraph, total: bool = False, params: ParamAllocator | None = None,
                  alias_prefix: str | None = None, ordered: bool = True,
-                 exposed: dict[str, str] | None = None, security_context: Mapping[str, Any] | None = None) -> None:
+                 exposed: dict[str, str] | None = None, security_context: Mapping[str, Any] | None = None,
+                 segment_columns: bool = False) -> None:
         self.model = model
+        # A rollup's build query selects segments as boolean columns instead of filtering.
+        self.segment_columns = segment_columns
         self.security_context = security_context or {}
         self.joins = joins
         self.exposed = exposed or {}
@@ -342,6 +472,9 @@ class _SqlBuilder:
         for td in members.time_dimensions:
             if td.query.granularity:
                 self.columns.append(SelectedColumn(self.time_alias(td), f"{self.public(td.dimension.path)}.{td.query.granularity}", "time"))
+        if segment_columns:
+            for segment in members.segments:
+                self.columns.append(SelectedColumn(self._alias(segment.path), segment.path, "segment"))
         for measure in members.measures:
             self.columns.append(SelectedColumn(self._alias(measure.path), self.public(measure.path), "measure"))
         self.order = self._effective_order()
@@ -389,6 +522,10 @@ class _SqlBuilder:
         for td in self.m.time_dimensions:
             if td.query.granularity:
                 selects.append(exp.alias_(self._time_sql(td, ctx), quoted(self.time_alias(td)), copy=False))
+        if self.segment_columns:
+            for segment in self.m.segments:
+                selects.append(exp.alias_(self.renderer.segment_sql(segment, ctx), quoted(self._alias(segment.path)),
+                                          copy=False))
         return selects
 
     def public(self, path: str) -> str:
@@ -428,8 +565,9 @@ class _SqlBuilder:
             if td.query.date_range and time_ranges:
                 column = self.renderer.dimension_sql(td.dimension, ctx)
                 conditions.append(self.filters.range(column, td.query.date_range, td.dimension.field_type == "string"))
-        for segment in self.m.segments:
-            conditions.append(self.renderer.segment_sql(segment, ctx))
+        if not self.segment_columns:
+            for segment in self.m.segments:
+                conditions.append(self.renderer.segment_sql(segment, ctx))
         for item in self.m.dimension_filters:
             condition = self._filter(item, ctx, measure=False)
             if condition is not None:

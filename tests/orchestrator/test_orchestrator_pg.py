@@ -75,7 +75,8 @@ def pg_connect(database: DataSourceSettings) -> Any:
     return connection
 
 
-def pg_run(database: DataSourceSettings, sql: str, params: tuple[Any, ...] | None = None) -> Deferred[list[tuple[Any, ...]]]:
+def pg_run(database: DataSourceSettings, sql: str,
+           params: tuple[Any, ...] | None = None) -> Deferred[list[tuple[Any, ...]]]:
     """Run ``sql`` on the test database in a thread; fire with its rows (empty for commands)."""
 
     def run() -> list[tuple[Any, ...]]:
@@ -326,8 +327,11 @@ class RedisServerTestCase(ServerTestCase):
         import cubed.orchestrator.setup
 
         prefix = unique_redis_prefix("orchestrator")
-        self.patch(cubed.orchestrator.setup, "make_store",
-                   lambda settings, reactor: redis_store.RedisStore.from_url(settings.redis_url, reactor, prefix=prefix))
+
+        def make_store(settings: Settings, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+            return redis_store.RedisStore.from_url(settings.redis_url, reactor, prefix=prefix)
+
+        self.patch(cubed.orchestrator.setup, "make_store", make_store)
 
     def store_environment(self) -> dict[str, str]:
         return {"CUBEJS_CACHE_AND_QUEUE_DRIVER": "redis", "CUBEJS_REDIS_URL": redis_url()}
@@ -486,6 +490,28 @@ class StaleCacheTests(_Mixin):
         await sleep(1.2)  # past the refresh key's renewal threshold
         return server, database, query, first
 
+    async def test_cached_answer_while_the_queue_is_busy(self) -> None:
+        """With the only execution slot taken by a slow query, a query whose answer is cached
+        is still answered at once when its sql refresh key is due: the key is read in the
+        background and the last value serves meanwhile (Cube's foreground path), not queued
+        behind the slow query as Continue wait."""
+        server, database = await self.start([
+            cube("Items", "SELECT * FROM items", {"sql": "SELECT max(id) FROM items", "every": "1 second"}),
+            cube("Slow", probed("slow", 4)),
+        ], CUBEJS_CONCURRENCY="1")
+        query = {"measures": ["Items.count"]}
+        self.assertEqual(count_of(await load(server.url, query), "Items.count"), 10)
+        slow = await load(server.url, {"measures": ["Slow.count"]})
+        self.assertTrue(slow.continue_wait, slow.text)
+        await sleep(1.2)  # the refresh key is due
+        answer = await load(server.url, query)
+        self.assertEqual(count_of(answer, "Items.count"), 10)
+        self.assertLess(answer.took, 0.5)
+
+    test_cached_answer_while_the_queue_is_busy.todo = (  # type: ignore[attr-defined]
+        "a due sql refresh key is read through the queue in the foreground: behind a slow query it makes "
+        "every request of the cube answer Continue wait although its answer is cached")
+
     async def test_stale_if_slow(self) -> None:
         """stale-if-slow (the default): the refresh takes 2 s, so after the Continue-wait timeout
         the stale entry is answered with slowQuery: true; the refresh completes and is served."""
@@ -582,7 +608,8 @@ class CacheModeTests(_Mixin):
         """A query that failed (division by zero while control.delay is 0) runs again on the next
         request once the cause is gone, as in Cube (an error reaches the waiters of that
         execution; it is not kept as the query's result for later requests)."""
-        server, database = await self.start([cube("Fragile", "SELECT i.* FROM items i WHERE (SELECT 1 / delay FROM control) > 0")])
+        fragile = "SELECT i.* FROM items i WHERE (SELECT 1 / delay FROM control) > 0"
+        server, database = await self.start([cube("Fragile", fragile)])
         await pg_run(database, "UPDATE control SET delay = 0")
         failed = await load(server.url, {"measures": ["Fragile.count"]})
         self.assertEqual((failed.status, failed.json()), (400, {"error": "Error: division by zero"}))

@@ -7,6 +7,8 @@ polling (on either process) while they answer Continue wait. The model's cube ca
 inserts a row, once per execution: both must say 1. A second wave is answered from the shared
 cache without touching PostgreSQL.
 
+A process killed while it runs a query hands the query over to the other one (heartbeats).
+
 The Redis is the shared test server; the test's keys are its own (see ``isolated_redis``).
 """
 from __future__ import annotations
@@ -30,11 +32,13 @@ from tests.test_startup import TWISTD, Twistd, clean_environment
 
 START_TIMEOUT = 30.0
 CLIENTS = 200
-#: The Redis database the twistd children use when the settings take no key prefix.
-ISOLATED_REDIS_DB = 13
+#: The Redis databases the twistd children of each test use when the settings take no key
+#: prefix (a test's processes must not see another test's queue: concurrency and stalled
+#: queries are counted per queue name).
+REDIS_DB = {"test_one_execution_for_200_clients": 13, "test_a_killed_process_query_is_taken_over": 14}
 
 
-def isolated_redis() -> dict[str, str]:
+def isolated_redis(database: int) -> dict[str, str]:
     """Return the variables pointing a server at the shared test Redis with keys no other test
     touches: a key prefix of its own when the settings take one (``CUBED_REDIS_PREFIX``), else a
     Redis database of its own (the SQL of each test is unique too, so cache keys never meet)."""
@@ -45,7 +49,7 @@ def isolated_redis() -> dict[str, str]:
                 "CUBED_REDIS_PREFIX": unique_redis_prefix("two-processes")}
     parts = urlsplit(redis_url())
     return {"CUBEJS_CACHE_AND_QUEUE_DRIVER": "redis",
-            "CUBEJS_REDIS_URL": urlunsplit((parts.scheme, parts.netloc, f"/{ISOLATED_REDIS_DB}", "", ""))}
+            "CUBEJS_REDIS_URL": urlunsplit((parts.scheme, parts.netloc, f"/{database}", "", ""))}
 
 
 class TwoProcessesTests(unittest.TestCase):
@@ -62,9 +66,12 @@ class TwoProcessesTests(unittest.TestCase):
             raise unittest.SkipTest("cubed.orchestrator.redis_store does not exist yet") from None
 
     async def serve(self, environ: dict[str, str], project: Path) -> str:
-        """Start one ``twistd -n cubed`` child on a free port; return its URL once /readyz is 200."""
+        """Start one ``twistd -n cubed`` child on a free port; return its URL once /readyz is 200
+        (the child is ``self.children[url]``)."""
         port = free_port()
         child = Twistd()
+        self.children = getattr(self, "children", {})
+        self.children[f"http://127.0.0.1:{port}"] = child
         argv = [str(TWISTD), "-n", "--pidfile=", "cubed", "--project-dir", "."]
         reactor.spawnProcess(child, argv[0], argv, env=clean_environment(PORT=str(port), **environ), path=str(project))
 
@@ -96,7 +103,8 @@ class TwoProcessesTests(unittest.TestCase):
         project = Path(self.mktemp()).resolve()
         tag = f"fleet_{uuid.uuid4().hex[:10]}"
         model = write_model(project, [cube("Fleet", probed(tag, 2))])
-        environ = server_environment(database, model, **isolated_redis(), CUBEJS_CONCURRENCY="2")
+        environ = server_environment(database, model, **isolated_redis(REDIS_DB[self._testMethodName]),
+                                     CUBEJS_CONCURRENCY="2")
         urls = await gatherResults([Deferred.fromCoroutine(self.serve(environ, project)) for _ in range(2)],
                                    consumeErrors=True)
         query = {"measures": ["Fleet.count", "Fleet.total"]}
@@ -128,3 +136,31 @@ class TwoProcessesTests(unittest.TestCase):
         again = await gatherResults([load(urls[n % 2], query) for n in range(CLIENTS)], consumeErrors=True)
         self.assertEqual({count_of(a, "Fleet.count") for a in again}, {10})
         self.assertEqual(await probe_starts(database), 1, "the second wave came from the shared cache")
+
+    async def test_a_killed_process_query_is_taken_over(self) -> None:
+        """A process killed (SIGKILL) while it runs a query stops sending heartbeats; the other
+        process puts the query back in the queue after 4 heartbeats (1 s each) and runs it, so
+        the client polling the survivor gets its rows."""
+        database = await setup_database(self)
+        project = Path(self.mktemp()).resolve()
+        tag = f"takeover_{uuid.uuid4().hex[:10]}"
+        model = write_model(project, [cube("Takeover", probed(tag, 2))])
+        environ = server_environment(database, model, **isolated_redis(REDIS_DB[self._testMethodName]),
+                                     CUBED_HEARTBEAT_INTERVAL="1", CUBED_ORPHANED_TIMEOUT="30")
+        first, second = await gatherResults([Deferred.fromCoroutine(self.serve(environ, project)) for _ in range(2)],
+                                            consumeErrors=True)
+        query = {"measures": ["Takeover.count"]}
+        answer = await load(first, query)
+        self.assertTrue(answer.continue_wait, answer.text)
+        self.children[first].signal("KILL")
+        await self.children[first].ended()
+        polls = 0
+        while True:
+            answer = await load(second, query)
+            polls += 1
+            if not answer.continue_wait:
+                break
+            self.assertLess(polls, 20, answer.text)
+        self.assertEqual(count_of(answer, "Takeover.count"), 10)
+        self.assertGreaterEqual(polls, 3, "the survivor waited for the stalled threshold")
+        self.assertEqual(await probe_starts(database), 2, "run by the killed process, then by the survivor")
