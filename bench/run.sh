@@ -250,6 +250,7 @@ if [ "$COMPONENTS" = 1 ]; then
     echo "== steps of a simple /v1/load timed alone (bench/profile.py components)"
     "${SERVER_PIN[@]}" "$PY" bench/profile.py components || FAILED=1
 fi
+[ "${CACHE_BENCH:-1}" = 1 ] && { DURATION=$DURATION PROFILE=$PROFILE BENCH_OUT=$OUT bash bench/cache_bench.sh || FAILED=1; }  # result cache: bench/cache_bench.sh
 
 echo
 echo "== targets"
