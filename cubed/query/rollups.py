@@ -169,8 +169,9 @@ def query_shape(model: Model, measures: list[Measure], dimensions: list[str], se
     return QueryShape(
         sorted_dimensions=tuple(sorted(set(dimensions) | set(filter_members) | set(segments))),
         selected_dimensions=tuple(sorted(set(dimensions))),
-        time_dimensions=tuple(sorted((d, g) for d, g, _r in time_dimensions)),
-        rollup_time_dimensions=tuple(sorted((d, rollup_granularity(g, r)) for d, g, r in time_dimensions)),
+        time_dimensions=tuple(sorted(((d, g) for d, g, _r in time_dimensions), key=_td_order)),
+        rollup_time_dimensions=tuple(sorted(((d, rollup_granularity(g, r)) for d, g, r in time_dimensions),
+                                            key=_td_order)),
         measures=tuple(dict.fromkeys(m.path for m in all_measures)),
         leaf_measures=tuple(m.path for m in leaves),
         leaf_measures_additive=all(m.type in ROLLUP_ADDITIVE_TYPES for m in leaves),
@@ -181,6 +182,10 @@ def query_shape(model: Model, measures: list[Measure], dimensions: list[str], se
         filters_within_selected_dimensions=all(m in dimensions for m in filter_members),
         single_value_equal_dimensions=_single_value_equal(dimension_filters, list(dimensions) + list(segments)),
     )
+
+
+def _td_order(item: tuple[str, str | None]) -> tuple[str, str]:
+    return item[0], item[1] or ""
 
 
 def _expand(granularity: str | None) -> list[str]:

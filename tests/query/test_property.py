@@ -802,7 +802,7 @@ def cubed_rows(model: CompiledModel, query: Mapping[str, Any], execute: Callable
     plans them and run through ``execute(sql, params) -> ResultSet``."""
     _, normalized = expand_query(dict(query), Settings())
     assert len(normalized) == 1
-    plan = model.plan(normalized[0])
+    plan = model.plan_from_source(normalized[0])  # rollups: tests/preaggregations
     result = execute(plan.sql.text, plan.sql.params)
     members = [c.member for c in plan.columns]
     return [dict(zip(members, row)) for row in result.rows]
@@ -1019,7 +1019,7 @@ class KnownDiscrepancyTests(unittest.TestCase):
         await driver.start()
         self.addCleanup(driver.close)
         _, normalized = expand_query(query, Settings())
-        plan = model.plan(normalized[0])
+        plan = model.plan_from_source(normalized[0])  # rollups: tests/preaggregations
         try:
             result = await driver.execute(plan.sql.text, plan.sql.params)
         except DatabaseError:
