@@ -29,7 +29,7 @@ setup(
         "tzdata",
     ],
     extras_require={
-        "test": ["treq>=23.11", "hypothesis>=6.100"],
+        "test": ["treq>=23.11", "hypothesis>=6.100", "schemathesis>=4.0,<5"],
     },
     entry_points={"console_scripts": ["cubed = cubed.cli:main"]},
     zip_safe=False,

@@ -30,6 +30,7 @@ from cubed.logs import RequestLogger
 
 REQUEST_ID_MAX = 128
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9+/=._:\-]{1,%d}$" % REQUEST_ID_MAX)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 CORS_METHODS = b"GET,HEAD,PUT,PATCH,POST,DELETE"
 # Encoding a large answer takes milliseconds; beyond this many rows it goes to a thread.
 THREADED_ENCODE_ROWS = 2000
@@ -53,11 +54,16 @@ class RequestTooLarge(UserError):
 
 
 def encode_json(body: Any) -> bytes:
-    """Return ``body`` as compact UTF-8 JSON; NaN and infinities become null as in JavaScript."""
+    """Return ``body`` as compact UTF-8 JSON; NaN and infinities become null and lone surrogates
+    (sent as ``\\udXXX`` escapes, echoed back in a query or an error) are escaped, as in JavaScript."""
     try:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        return json.dumps(_without_nan(body), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        text = json.dumps(_without_nan(body), ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # found by fuzzing: was a 500
+        return _SURROGATE.sub(lambda match: "\\u%04x" % ord(match.group()), text).encode("utf-8")
 
 
 def _without_nan(value: Any) -> Any:
@@ -231,6 +237,8 @@ class CubedApi:
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise UserError(f"Unable to decode request body as JSON, error: {error}") from None
+        except RecursionError:  # nesting deeper than the interpreter's stack (found by fuzzing: was a 500)
+            raise UserError("Unable to decode request body as JSON, error: too deeply nested") from None
         if not isinstance(body, dict):
             raise UserError("Request body must be a JSON object")
         return body
