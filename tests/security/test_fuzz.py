@@ -565,3 +565,125 @@ class FoundByFuzzingTests(unittest.TestCase):
         # The request's log line carries the surrogate too: trial's own test.log writer (strict
         # UTF-8) fails on it and reports that as a logged error.
         self.flushLoggedErrors(UnicodeEncodeError)
+
+
+class HardeningTests(unittest.TestCase):
+    """Body size, request ids, stack traces, and the OpenAPI document, on an in-process server."""
+
+    async def server(self, **environ: str) -> Any:
+        from tests.security import demo_settings
+        from tests.support.server import start_server
+
+        return await start_server(self, await demo_settings(**environ))
+
+    async def request(self, method: str, url: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None) -> tuple[int, Any, float]:
+        import treq
+
+        started = time.monotonic()
+        response = await treq.request(method, url, data=body, headers=headers or {}, persistent=False, timeout=20)
+        text = (await response.content()).decode("utf-8", "replace")
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = text
+        return response.code, parsed, time.monotonic() - started
+
+    def token(self) -> str:
+        return jwt.encode({"iat": int(time.time())}, TEST_SECRET, algorithm="HS256")
+
+    async def test_body_over_the_limit(self) -> None:
+        """413 for a body over CUBEJS_MAX_REQUEST_SIZE, with or without Content-Length. (Twisted
+        reads the whole body - into a temporary file past 100 kB - before cubed sees it.)"""
+        server = await self.server(CUBEJS_MAX_REQUEST_SIZE="64kb")
+        headers = {"Authorization": self.token(), "Content-Type": "application/json"}
+        big = b'{"query": {"measures": ["Orders.count"]}, "pad": "' + b"x" * (20 * 1024 * 1024) + b'"}'
+        status, body, elapsed = await self.request("POST", f"{server.url}{BASE}/load", big, headers)
+        self.assertEqual(status, 413, body)
+        self.assertIsInstance(body["error"], str)
+        self.assertLess(elapsed, 10.0)
+
+        def chunks() -> Any:
+            import io
+
+            from twisted.web.client import FileBodyProducer
+            from twisted.web.iweb import UNKNOWN_LENGTH
+
+            producer = FileBodyProducer(io.BytesIO(big[: 200 * 1024]))
+            producer.length = UNKNOWN_LENGTH  # chunked transfer encoding, no Content-Length
+            return producer
+
+        status, body, _ = await self.request("POST", f"{server.url}{BASE}/load", chunks(), headers)
+        self.assertEqual(status, 413, body)
+
+    async def test_request_ids(self) -> None:
+        server = await self.server()
+        url = f"{server.url}{BASE}/meta"
+        for good in ("a" * 128, "abc-span-1", "A+/=._:-z", "first, second with spaces"):
+            status, body, _ = await self.request("GET", url, headers={"Authorization": self.token(),
+                                                                      "x-request-id": good})
+            self.assertEqual(status, 200, (good, body))
+        for bad in ("a" * 129, "has space", "semi;colon", "quote'", "<script>", "ünï", "%0d%0aX: y", ""):
+            status, body, _ = await self.request("GET", url, headers={"Authorization": self.token(),
+                                                                      "x-request-id": bad})
+            if bad == "":
+                self.assertEqual(status, 200, body)  # an empty header is no header: a generated id
+                continue
+            self.assertEqual(status, 400, (bad, body))
+            self.assertTrue(body["error"].startswith("Request id must be at most 128 characters"), body)
+            self.assertNotIn(bad, body["error"])
+
+    async def test_no_stack_traces_outside_dev_mode(self) -> None:
+        """An unexpected error answers 500 ``Error: Internal Server Error`` with the request id;
+        the traceback goes to the log, and to the client only in dev mode."""
+        for dev in (False, True):
+            server = await self.server(CUBEJS_DEV_MODE="true" if dev else "false")
+
+            async def broken(*args: Any, **kwargs: Any) -> Any:
+                raise RuntimeError("secret internal detail at /srv/cubed/model")
+
+            server.server.api.gateway.meta = broken
+            status, body, _ = await self.request("GET", f"{server.url}{BASE}/meta",
+                                                 headers={"Authorization": self.token(), "x-request-id": "r-span-1"})
+            self.flushLoggedErrors(RuntimeError)
+            self.assertEqual(status, 500)
+            self.assertEqual((body["error"], body["requestId"]), ("Error: Internal Server Error", "r-span-1"))
+            if dev:
+                self.assertIn("Traceback", body["stack"])
+            else:
+                self.assertNotIn("stack", body)
+                self.assertNotIn("secret internal detail", json.dumps(body))
+
+    async def test_openapi_document(self) -> None:
+        server = await self.server()
+        status, document, _ = await self.request("GET", f"{server.url}{BASE}/openapi.json")  # no token
+        self.assertEqual(status, 200, document)
+        self.assertEqual(document["openapi"][:2], "3.")
+        paths = document["paths"]
+        for route in ("load", "subscribe", "sql", "dry-run"):
+            self.assertEqual(set(paths[f"{BASE}/{route}"]), {"get", "post"}, route)
+        self.assertEqual(set(paths[f"{BASE}/meta"]), {"get"})
+        for probe in ("/readyz", "/livez"):
+            self.assertEqual(paths[probe]["get"]["security"], [])
+        self.assertEqual(document["components"]["securitySchemes"]["apiKey"],
+                         {**document["components"]["securitySchemes"]["apiKey"],
+                          "type": "apiKey", "in": "header", "name": "Authorization"})
+        self.assertEqual(document["security"], [{"apiKey": []}])
+        query = document["components"]["schemas"]["Query"]["properties"]
+        for key in ("measures", "dimensions", "segments", "timeDimensions", "filters", "order", "limit", "offset",
+                    "timezone", "total", "ungrouped", "responseFormat", "renewQuery", "cache"):
+            self.assertIn(key, query)
+        # schemathesis reads it (the fuzzer depends on it).
+        import schemathesis
+
+        schema = schemathesis.openapi.from_dict(document)
+        self.assertEqual(len([op.ok() for op in schema.get_all_operations()]), 12)
+
+    async def test_openapi_under_the_base_path(self) -> None:
+        server = await self.server(CUBEJS_BASE_PATH="/analytics")
+        status, document, _ = await self.request("GET", f"{server.url}/analytics/v1/openapi.json")
+        self.assertEqual(status, 200, document)
+        self.assertIn("/analytics/v1/load", document["paths"])
+        self.assertNotIn(f"{BASE}/load", document["paths"])
+        status, _, _ = await self.request("GET", f"{server.url}{BASE}/openapi.json")
+        self.assertEqual(status, 200)
