@@ -13,6 +13,7 @@ setup(
     package_data={
         "twisted.plugins": ["cubed_plugin.py"],
         "cubed.demo": ["data/*.csv.gz", "model/*.yml"],
+        "cubed.playground": ["index.html", "*.js", "*.css", "vendor/*.js", "vendor/*.md"],
     },
     install_requires=[
         "Twisted>=24.3",

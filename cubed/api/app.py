@@ -127,6 +127,16 @@ class CubedApi:
             self.known_paths.add(path.encode())
             self.app.route(path, methods=["GET"], endpoint=f"openapi{number}")(
                 lambda request: self._respond(request, 200, self.openapi))
+        if settings.dev_mode:
+            # The Playground (dev mode only): its page at / and its own files under /playground/
+            # (an unknown name there answers 404 JSON too).
+            from cubed.playground import ASSETS_PATH, Playground
+
+            playground = Playground(api_url=f"{base}/v1")
+            self.known_paths.add(b"")  # "/" without its slash, as _unrouted compares
+            self.app.route("/", methods=["GET"], endpoint="playground")(playground.index)
+            self.app.route(f"{ASSETS_PATH}/<path:name>", methods=["GET"], endpoint="playground_asset")(
+                playground.asset)
         self.app.route("/", branch=True, methods=["OPTIONS"], endpoint="preflight")(self._preflight)
         self.app.handle_errors(Exception)(self._unrouted)
 

@@ -1,0 +1,1 @@
+"""The Playground: its routes and its page in a browser."""
