@@ -18,6 +18,7 @@ from cubed.errors import ContinueWait, InternalError, UserError
 from cubed.hooks import Hooks, call_hook
 from cubed.logs import RequestLogger
 from cubed.orchestrator.cache import Fetched
+from cubed.orchestrator.partitions import parse_table_name
 from cubed.query.plan import QueryPlan
 from cubed.query.request import (expand_query, normalize_query, parse_query_param, pivot_query,
                                  rewrite_input, rewrite_output, unsupported_query_type_message,
@@ -27,6 +28,8 @@ from cubed.query.types import Query
 from cubed.tenancy import Tenant, Tenants
 
 REGULAR = "regularQuery"
+ROLLUP_ONLY_NO_MATCH = ("No pre-aggregation table has been built for this query yet. "
+                        "Please check your refresh worker configuration if it persists.")
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class Gateway:
         orchestrator = tenant.orchestrator
         sql, total_sql = plan.sql, plan.total_sql
         used: dict[str, Any] = {}
+        if plan.rollup is None and orchestrator.pre_aggregations.rollup_only:
+            raise UserError(ROLLUP_ONLY_NO_MATCH)
         if plan.rollup is not None:
             tables = await orchestrator.pre_aggregations.tables_for(compiled, plan.rollup, context.request_id)
             if tables is None:
@@ -118,7 +123,8 @@ class Gateway:
                 # new entry, so the cubes' refresh keys are not needed.
                 sql, total_sql = plan.rollup.render([physical for _logical, physical in tables])
                 keys = []
-                used = {logical: {"targetTableName": physical} for logical, physical in tables}
+                used = {logical: {"targetTableName": physical, "lastUpdatedAt": built_at(physical)}
+                        for logical, physical in tables}
 
         def fetch(sql: Any) -> Deferred[Fetched]:
             return ensureDeferred(orchestrator.fetch(plan.data_source, sql, keys, query.cache_mode, query.renew_query,
@@ -224,6 +230,12 @@ class Gateway:
         """Return the ``/v1/meta`` body (of the caller's app's model)."""
         tenant = await self.tenants.resolve(context.hooks_context)
         return tenant.compiled.meta.meta_response(self.show_hidden)
+
+
+def built_at(physical: str) -> int | None:
+    """Return when a pre-aggregation table was built (epoch ms, from its name)."""
+    version = parse_table_name(physical.rpartition(".")[2])
+    return int(version.updated_at * 1000) if version is not None else None
 
 
 def _first_error(failure: Failure) -> Failure:

@@ -38,7 +38,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
 from cubed.drivers.base import Column, Driver, ResultSet
-from cubed.errors import CompileError, ContinueWait, CubedError, UserError
+from cubed.errors import CompileError, ContinueWait, CubedError, DatabaseError, UserError
 from cubed.model.intervals import Every, renewal_threshold
 from cubed.model.preaggregations import PreAggregation
 from cubed.orchestrator.cache import QueryCache, digest
@@ -60,6 +60,9 @@ TABLE_LIST_TTL = 5.0
 STRUCTURE_PERSIST = 30 * 86400.0
 TARGET_MEMO = 20000
 REQUEST_PRIORITY = 10
+# _<content>_<structure>_<seconds in base 32>: 1 + 8 + 1 + 8 + 1 + 7 characters.
+VERSION_SUFFIX_LENGTH = 26
+IDENTIFIER_LIMITS = {"postgres": 63, "mysql": 64}
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,12 @@ class PreAggregationLoader:
             raise UserError(f"Pre-aggregation {pre_aggregation.id}: SQLite data sources cannot hold pre-aggregations "
                             "(they have no schemas); remove it or use another data source")
         logical = logical_table_name(model, pre_aggregation) + (partition.suffix if partition else "")
+        limit = IDENTIFIER_LIMITS.get(self.drivers[data_source].dialect) if data_source in self.drivers else None
+        if limit is not None and len(logical) + VERSION_SUFFIX_LENGTH > limit:
+            # The database would cut the versioned name and lose the version in it.
+            raise UserError(f"Pre-aggregation {pre_aggregation.id}: its table name {logical} is too long for "
+                            f"{self.drivers[data_source].dialect} ({len(logical)} characters plus "
+                            f"{VERSION_SUFFIX_LENGTH} of version suffix, at most {limit}); give it a shorter sql_alias")
         select = planner.plan_rollup_build(pre_aggregation, zone, partition.date_range if partition else None)
         create = select.render(lambda tree: create_table(schema, logical, tree))
         index_columns = tuple((name, tuple(self._index_column(model, pre_aggregation, c) for c in columns))
@@ -483,7 +492,9 @@ class PreAggregationLoader:
         table = f"{job['schema']}.{job['table']}"
         started = self.clock.seconds()
         self.log.info("building pre-aggregation table {table}", table=table)
-        for text, params in job["statements"]:
+        create_schema, *statements = job["statements"]
+        await self._ensure_schema(driver, job["schema"], create_schema)
+        for text, params in statements:
             await driver.execute(text, params, name=f"build {job['table']}")
         self.builds += 1
         self.forget_tables(data_source, job["schema"])
@@ -497,6 +508,21 @@ class PreAggregationLoader:
         cleanup.addErrback(lambda f: None if f.check(ContinueWait) else self.log.warn(
             "clean-up after {table} failed: {error}", table=table, error=f.getErrorMessage()))
         return ResultSet((Column("table", "string"),), [(job["table"],)])
+
+    async def _ensure_schema(self, driver: Driver, schema: str, create: list[Any]) -> None:
+        # Two first builds may create the schema at once: PostgreSQL then fails one CREATE
+        # SCHEMA IF NOT EXISTS on its catalog's unique index. The schema existing is success.
+        try:
+            await driver.execute(create[0], create[1], name=f"create schema {schema}")
+        except DatabaseError:
+            placeholder = exp.Placeholder(this="cubedp0")
+            select = exp.select(exp.Literal.number(1), copy=False).from_(
+                exp.to_table("information_schema.schemata"), copy=False).where(
+                exp.EQ(this=exp.column("schema_name"), expression=placeholder), copy=False)
+            check = render_sql(select, [schema], driver.dialect)
+            found = await driver.execute(check.text, list(check.params), name=f"schema {schema}")
+            if not found.rows:
+                raise
 
     async def _drop_superseded(self, data_source: str, driver: Driver, job: Mapping[str, Any]) -> ResultSet:
         schema, logical = job["schema"], job["logical"]
@@ -514,7 +540,7 @@ class PreAggregationLoader:
                 continue
             if await self.cache_store.get(f"{self.orchestrator_id}:preagg_touch:{table.physical}") is not None:
                 continue
-            statement = render_sql(exp.Drop(this=_qualified_table(schema, table.physical), kind="TABLE",
+            statement = render_sql(exp.Drop(tables=[_qualified_table(schema, table.physical)], kind="TABLE",
                                             exists=True), [], driver.dialect)
             await driver.execute(statement.text, [], name=f"drop {table.physical}")
             dropped.append(table.physical)

@@ -242,8 +242,10 @@ def _why_not_exact(shape: QueryShape, pre_aggregation: PreAggregation, reference
     if not shape.measures_additive and tuple(shape.time_dimensions) != tuple(rollup_tds):
         return "time dimensions differ from the rollup's"
     single = shape.single_value_equal_dimensions
+    # With every filter on a selected dimension, the query's dimensions and segments must be
+    # the rollup's exactly (segments count: a rollup without the segment has its rows too).
     dimensions_ok = (single is not None and len(references) == len(single) and all(d in single for d in references)) or (
-        shape.filters_within_selected_dimensions and tuple(references) == tuple(shape.selected_dimensions))
+        shape.filters_within_selected_dimensions and tuple(references) == tuple(shape.sorted_dimensions))
     if not dimensions_ok:
         return "dimensions differ from the rollup's exactly"
     if not (all(m in pre_aggregation.measures for m in shape.measures)
