@@ -21,11 +21,16 @@ KEYS = {
     "name", "type", "measures", "dimensions", "segments", "time_dimension", "granularity",
     "partition_granularity", "refresh_key", "build_range_start", "build_range_end", "indexes",
     "scheduled_refresh", "external", "sql_alias", "allow_non_strict_date_range_match",
-    "use_original_sql_pre_aggregations", "unique_key_columns", "read_only", "union_with_source_data",
 }
+# Cube features that need Cube Store or streaming sources: refused rather than ignored, so
+# that a model never silently means something else here. (``external`` is accepted: tables
+# are always built in the data source itself.)
+UNSUPPORTED_KEYS = {"use_original_sql_pre_aggregations", "unique_key_columns", "read_only", "union_with_source_data",
+                    "rollup_references", "rollups", "lambda"}
 REFRESH_KEYS = {"every", "sql", "timezone", "incremental", "update_window"}
 _UPDATE_WINDOW = re.compile(r"^\s*(\d+)\s+(second|minute|hour|day|week)s?\s*$", re.IGNORECASE)
 _SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
 
 
@@ -115,10 +120,20 @@ def compile_pre_aggregations(model: Model, where_of: Mapping[str, str]) -> dict[
 
 
 def _pre_aggregation(cube: Cube, model: Model, body: dict[str, Any], where: str) -> PreAggregation:
+    for key in ("name", "sql_alias"):
+        value = body.get(key)
+        if (key == "name" or value is not None) and not (isinstance(value, str) and _IDENTIFIER.match(value)):
+            raise ModelError(f"{where}: {key} must be an identifier (letters, digits, _), got {value!r}")
+    unsupported = sorted(set(body) & UNSUPPORTED_KEYS)
+    if unsupported:
+        raise ModelError(f"{where}: {', '.join(unsupported)} {'is' if len(unsupported) == 1 else 'are'} not supported "
+                         "by cubed (pre-aggregations are built in the data source, without Cube Store)")
     unknown = sorted(set(body) - KEYS)
     if unknown:
         raise ModelError(f"{where}: unknown propert{'y' if len(unknown) == 1 else 'ies'}: {', '.join(unknown)}")
     kind = _snake(str(body.get("type") or "rollup"))
+    if kind in ("rollup_join", "rollup_lambda"):
+        raise ModelError(f"{where}: type {body.get('type')} needs Cube Store and is not supported by cubed")
     if kind not in PRE_AGGREGATION_TYPES:
         raise ModelError(f"{where}: type must be one of {', '.join(PRE_AGGREGATION_TYPES)}, got {body.get('type')!r}")
     time_dimension = None

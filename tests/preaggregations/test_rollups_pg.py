@@ -393,6 +393,46 @@ class IncrementalPartitionTests(TestCase):
         self.assertEqual(sum(int(r["Events.count"]) for r in body["data"]), 6)
 
 
+    async def test_build_range_and_original_sql(self) -> None:
+        require_postgres()
+        database = await create_test_database(self)
+        today = datetime.now(timezone.utc).replace(hour=12, minute=0, second=0, microsecond=0, tzinfo=None)
+        await deferToThread(_create_events, database, [(today - timedelta(days=d), d) for d in (0, 1, 2, 30, 60)])
+        model = Path(self.mktemp()).resolve()
+        model.mkdir()
+        (model / "events.yml").write_text(yaml.safe_dump({"cubes": [{
+            "name": "Events", "sql": "SELECT * FROM public.events",
+            "measures": [{"name": "count", "type": "count"}],
+            "dimensions": [{"name": "id", "sql": "id", "type": "number", "primary_key": True},
+                           {"name": "at", "sql": "at", "type": "time"}],
+            "pre_aggregations": [
+                {"name": "recent", "measures": ["count"], "time_dimension": "at", "granularity": "day",
+                 "partition_granularity": "week",
+                 "build_range_start": {"sql": "SELECT NOW() - interval '7 day'"},
+                 "build_range_end": {"sql": "SELECT NOW()"}},
+                {"name": "source", "type": "original_sql"},
+                {"name": "notScheduled", "measures": ["count"], "scheduled_refresh": False},
+            ],
+        }]}))
+        server = await start_server(self, load_settings(environment(database, model), str(model), {}))
+        status, body = await get(server, "/cubejs-api/v1/run-scheduled-refresh")
+        self.assertEqual((status, body), (200, {"finished": True}))
+        logical = {parse_table_name(t).logical for t in await deferToThread(_tables, database, "dev_pre_aggregations")}  # type: ignore[union-attr]
+        monday = today - timedelta(days=today.weekday())
+        weeks = {f"events_recent{(monday - timedelta(days=7 * w)):%Y%m%d}" for w in (0, 1)
+                 if monday - timedelta(days=7 * w) + timedelta(days=7) > today - timedelta(days=7)}
+        self.assertEqual(logical, weeks | {"events_source"})  # the unscheduled rollup is built on demand only
+        rows_in_source = await deferToThread(_count, database, "dev_pre_aggregations",
+                                             next(t for t in await deferToThread(_tables, database, "dev_pre_aggregations")
+                                                  if t.startswith("events_source_")))
+        self.assertEqual(rows_in_source, 5)
+        # The rollup holds the build range only: the rows of 30 and 60 days ago are not in it.
+        status, body = await load(server, {"measures": ["Events.count"],
+                                           "timeDimensions": [{"dimension": "Events.at", "granularity": "day"}]})
+        self.assertNotEqual(body["usedPreAggregations"], {})
+        self.assertEqual(sum(int(r["Events.count"]) for r in body["data"]), 3)
+
+
 # -- blocking helpers (run in threads) -------------------------------------------------------
 def _connect(database: DataSourceSettings) -> Any:
     connection = psycopg2.connect(host=database.host or "127.0.0.1", port=database.port or 5432,
@@ -408,6 +448,16 @@ def _tables(database: DataSourceSettings, schema: str) -> list[str]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,))
             return [row[0] for row in cursor.fetchall()]
+    finally:
+        connection.close()
+
+
+def _count(database: DataSourceSettings, schema: str, table: str) -> int:
+    connection = _connect(database)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
+            return int(cursor.fetchone()[0])
     finally:
         connection.close()
 
