@@ -89,6 +89,8 @@ class Settings:
     max_request_size: int = 1024 * 1024
     log_format: str = "text"
     log_level: str = "info"
+    metrics_enabled: bool = True
+    metrics_token: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -405,7 +407,10 @@ def load_settings(
         if raw is None:
             continue
         lowered = raw.strip().lower()
-        if lowered in _TRUE or lowered in _FALSE:
+        # As Cube's asBoolOrTime: only the words are booleans; a number is the interval.
+        if lowered in ("true", "false"):
+            refresh_worker = lowered == "true"
+        elif key == "CUBEJS_REFRESH_WORKER" and (lowered in _TRUE or lowered in _FALSE):
             refresh_worker = lowered in _TRUE
         else:
             refresh_timer, refresh_worker = parse_duration(raw, key), True
@@ -450,6 +455,8 @@ def load_settings(
         max_request_size=max_request_size,
         log_format=reader.choice("CUBED_LOG_FORMAT", "text", LOG_FORMATS),
         log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", LOG_LEVELS, fold=True),
+        metrics_enabled=reader.bool("CUBED_METRICS", True),
+        metrics_token=reader.str("CUBED_METRICS_TOKEN"),
         extra=merged,
     )
 

@@ -123,6 +123,9 @@ class DefaultsTests(ProjectMixin, unittest.TestCase):
         settings = self.load({"CUBEJS_SCHEDULED_REFRESH_TIMER": "60", "CUBEJS_REFRESH_WORKER": "false"})
         self.assertEqual((settings.refresh_worker, settings.scheduled_refresh_timer), (False, 60.0))
         self.assertTrue(self.load({"CUBEJS_SCHEDULED_REFRESH": "1"}).refresh_worker)
+        # A bare number of the timer is seconds (Cube's asBoolOrTime), not "true".
+        settings = self.load({"CUBEJS_SCHEDULED_REFRESH_TIMER": "1"})
+        self.assertEqual((settings.refresh_worker, settings.scheduled_refresh_timer), (True, 1.0))
 
     def test_log_settings(self) -> None:
         settings = self.load({"CUBED_LOG_FORMAT": "json", "CUBEJS_LOG_LEVEL": "WARN"})

@@ -497,6 +497,9 @@ class PostgresDriver:
         self._closed = False
         self._running: set[_Query] = set()
         self._cancellers: set[_PgConnection] = set()
+        # Cancels on their way to the server: closing waits for them (each is bounded by its
+        # connection's own timer), so that a query cancelled at shutdown stops on the server.
+        self._cancelling: set[Deferred[None]] = set()
         counter = iter(range(1, self._size + 1))
         self._pool = _Pool(reactor, lambda: self._make_connection(f"pg[{next(counter)}] {self._where}"), self._size)
 
@@ -613,10 +616,15 @@ class PostgresDriver:
         d = connection.open()
         d.addCallback(lambda _: connection.runQuery(_CANCEL_SQL, (query.backend_pid, query.xact_start)))
 
+        finished: Deferred[None] = Deferred()
+        self._cancelling.add(finished)
+
         def done(outcome: Any) -> None:
             if timer.active():
                 timer.cancel()
             self._cancellers.discard(connection)
+            self._cancelling.discard(finished)
+            finished.callback(None)
             connection.shutdown()
             if isinstance(outcome, Failure):
                 self.log.warn(
@@ -641,6 +649,16 @@ class PostgresDriver:
         if self._closed:
             return defer.succeed(None)
         self._closed = True
+        pending = list(self._cancelling)
+        if not pending:
+            self._close_now()
+            return defer.succeed(None)
+        self.log.info("PostgreSQL {where}: waiting for {count} cancel(s) to reach the server before closing",
+                      where=self._where, count=len(pending))
+        waiting = defer.DeferredList(pending, consumeErrors=True)
+        return waiting.addCallback(lambda _: self._close_now())
+
+    def _close_now(self) -> None:
         self._pool.close()
         for connection in list(self._cancellers):
             connection.shutdown()
@@ -649,4 +667,3 @@ class PostgresDriver:
             if query.timer is not None and query.timer.active():
                 query.timer.cancel()
         self.log.info("PostgreSQL {where}: pool closed", where=self._where)
-        return defer.succeed(None)

@@ -11,17 +11,43 @@ that stops calling leaves nothing behind.
 """
 from __future__ import annotations
 
+import time
+import logging
 import uuid
 from typing import Any, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from cubed.errors import CubedError, InternalError, UserError
 from cubed.hooks import Hooks, call_hook
+from cubed.metrics import Metrics
 from cubed.orchestrator.preaggregations import RefreshProgress, TargetState
 from cubed.orchestrator.stores import PRIORITY_MIN
+
+
+SCHEDULER_LOGGER = "cubed.refresh.apscheduler"
+
+
+class _TwistedHandler(logging.Handler):
+    """Passes APScheduler's standard-library records to twisted.logger (errors only: its
+    warnings repeat what the worker logs itself, e.g. a skipped pass)."""
+
+    log = Logger(namespace=SCHEDULER_LOGGER)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.log.error("{message}", message=self.format(record))
+
+
+def _scheduler_logger() -> logging.Logger:
+    """Return the standard-library logger APScheduler writes to, forwarding to twisted.logger."""
+    logger = logging.getLogger(SCHEDULER_LOGGER)
+    logger.propagate = False
+    logger.setLevel(logging.ERROR)
+    if not any(isinstance(h, _TwistedHandler) for h in logger.handlers):
+        logger.addHandler(_TwistedHandler())
+    return logger
 
 
 class RefreshScheduler:
@@ -30,10 +56,11 @@ class RefreshScheduler:
 
     log = Logger()
 
-    def __init__(self, tenants: Any, hooks: Hooks, timezones: Sequence[str]) -> None:
+    def __init__(self, tenants: Any, hooks: Hooks, timezones: Sequence[str], metrics: Metrics | None = None) -> None:
         self.tenants = tenants
         self.hooks = hooks
         self.timezones = tuple(timezones)
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self.passes = 0
 
     async def contexts(self) -> list[Mapping[str, Any]]:
@@ -50,6 +77,19 @@ class RefreshScheduler:
                        contexts: list[Mapping[str, Any]] | None = None) -> RefreshProgress:
         """Run one pass; return the state of every pre-aggregation table it looked at."""
         self.passes += 1
+        started = time.monotonic()
+        try:
+            progress = await self._run_pass(timezones, contexts)
+        except CancelledError:  # the worker stopped: not a failed pass
+            raise
+        except Exception:
+            self.metrics.refresh_pass(time.monotonic() - started, True)
+            raise
+        self.metrics.refresh_pass(time.monotonic() - started, False)
+        return progress
+
+    async def _run_pass(self, timezones: Sequence[str] | None,
+                        contexts: list[Mapping[str, Any]] | None) -> RefreshProgress:
         request_id = f"scheduler-{uuid.uuid4()}"
         zones = tuple(timezones or self.timezones)
         states: list[TargetState] = []
@@ -132,12 +172,12 @@ class RefreshWorker(Service):
             """Runs coroutine jobs on the reactor thread (the default runs them in threads)."""
 
             def _do_submit_job(self, job: Any, run_times: Any) -> None:
-                d = ensureDeferred(run_coroutine_job(job, job._jobstore_alias, run_times, self._logger.name))
+                d = ensureDeferred(run_coroutine_job(job, job._jobstore_alias, run_times, SCHEDULER_LOGGER))
                 worker._current = d
                 d.addCallbacks(lambda events: self._run_job_success(job.id, events),
                                lambda f: self._run_job_error(job.id, f.value, f.getTracebackObject()))
 
-        self._apscheduler = TwistedScheduler(reactor=self.reactor, timezone="UTC",
+        self._apscheduler = TwistedScheduler(reactor=self.reactor, timezone="UTC", logger=_scheduler_logger(),
                                              executors={"default": ReactorExecutor()})
         self._apscheduler.add_listener(self._missed, EVENT_JOB_MAX_INSTANCES)
         self._apscheduler.add_listener(self._failed, EVENT_JOB_ERROR)
@@ -152,6 +192,8 @@ class RefreshWorker(Service):
     async def _pass(self) -> None:
         try:
             await self.scheduler.run_pass()
+        except CancelledError:
+            return  # stopped with the service
         except CubedError as error:
             self.log.warn("Refresh Scheduler Error: {error}", error=error.message)
 
@@ -161,8 +203,6 @@ class RefreshWorker(Service):
                       "{interval} s interval; this one is skipped", interval=self.interval)
 
     def _failed(self, event: Any) -> None:
-        from twisted.internet.defer import CancelledError
-
         if isinstance(event.exception, CancelledError):
             return  # the pass stopped with the service
         self.log.error("Refresh Scheduler Error: {error!r}", error=event.exception)

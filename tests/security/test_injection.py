@@ -493,8 +493,8 @@ class PostgresInjectionTests(unittest.TestCase):
         Logger().info("injection corpus: {strings} strings, answers {answered}, {elapsed:.1f} s",
                       strings=len(HOSTILE), answered=json.dumps(answered), elapsed=elapsed)
         self.assertEqual(wrong, [], "\n".join(wrong[:40]))
-        # pg_sleep never ran: the whole corpus took far less than one sleep per payload.
-        self.assertLess(elapsed, 120.0)
+        # That no payload's pg_sleep ran is shown below by the statements the server saw (no
+        # timing assertion: the suite's speed depends on the machine and its load).
 
         # 2. pg_stat_statements: no statement shape the benign run did not have.
         hostile_ids = await deferToThread(statement_ids, instance)
