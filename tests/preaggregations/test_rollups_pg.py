@@ -18,6 +18,7 @@ import psycopg2
 import treq
 import yaml
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -277,6 +278,29 @@ class RollupAnswerTests(TestCase):
         self.assertEqual(status, 200, body)
         self.assertNotEqual(body["usedPreAggregations"], {})
         self.assertEqual(sum(int(r["Orders.count"]) for r in body["data"]), 3000)
+
+
+class ConcurrentBuildTests(TestCase):
+    """Many requests needing the same unbuilt rollup share one build."""
+
+    timeout = 300
+
+    async def test_one_build_for_concurrent_requests(self) -> None:
+        require_postgres()
+        database = await shop_database(self)
+        model = Path(self.mktemp()).resolve()
+        write_model(model, rollups=True)
+        server = await start_server(self, load_settings(environment(database, model), str(model), {}))
+        loader = server.server.orchestrators.get().pre_aggregations
+        queries = [{"measures": ["Orders.count"], "dimensions": ["Orders.status"],
+                    "timeDimensions": [{"dimension": "Orders.createdAt", "granularity": granularity}]}
+                   for granularity in ("day", "week", "month", "quarter", "year")] * 4
+        answers = await gatherResults([ensureDeferred(load(server, q)) for q in queries])
+        self.assertEqual({status for status, _body in answers}, {200})
+        self.assertTrue(all(body["usedPreAggregations"] for _status, body in answers))
+        self.assertEqual(loader.builds, 1)
+        tables = await deferToThread(_tables, database, "dev_pre_aggregations")
+        self.assertEqual(len([t for t in tables if t.startswith("orders_orders_by_status_daily_")]), 1)
 
 
 class SupersededTablesTests(TestCase):
