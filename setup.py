@@ -27,6 +27,7 @@ setup(
         "duckdb>=1.1",
         "PyMySQL>=1.1,<2",
         "PyYAML>=6.0",
+        "prometheus_client>=0.17",
         "tzdata",
     ],
     extras_require={

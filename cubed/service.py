@@ -99,6 +99,7 @@ class CubedServer:
     backends: BackendsService
     refresher: Any = None
     worker: Any = None
+    metrics: Any = None
 
 
 def build_server(settings: Any, reactor: Any) -> CubedServer:
@@ -116,17 +117,20 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker
     from cubed.orchestrator.registry import Orchestrators
     from cubed.hooks import load_hooks
+    from cubed.metrics import Metrics
     from cubed.orchestrator.setup import make_store, queue_options
     from cubed.tenancy import Tenants
 
+    metrics = Metrics.from_settings(settings)
     drivers = {ds.name: make_driver(ds, reactor) for ds in settings.data_sources}
     registry = ModelRegistry(settings.resolved_schema_path,
                              lambda name: drivers[name].dialect, lambda name: drivers[name].db_type, reactor,
-                             settings.pre_aggregations_schema_name)
+                             settings.pre_aggregations_schema_name, metrics=metrics)
     registry.load_now()
     store = make_store(settings, reactor)
     orchestrators = Orchestrators(store, store, drivers, queue_options(settings, drivers), reactor,
-                                  rollup_only=settings.rollup_only)
+                                  rollup_only=settings.rollup_only, metrics=metrics)
+    metrics.watch(orchestrators)
     hooks = load_hooks(settings.project_dir)
     tenants = Tenants(settings, hooks, registry, orchestrators, make_driver, reactor)
     default_driver = drivers[settings.default_data_source.name]
@@ -142,7 +146,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
             await driver.test_connection()
         await orchestrators.ping()
 
-    refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones)
+    refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones, metrics=metrics)
     api = CubedApi(
         settings=settings,
         gateway=Gateway(settings, tenants, hooks, refresher),
@@ -151,6 +155,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         liveness=CachedProbe("liveness", live, reactor),
         reactor=reactor,
         hooks=hooks,
+        metrics=metrics,
     )
     # cubed reads JSON bodies only; parsing form uploads cost a quarter of a request's CPU.
     site = DrainingSite(api.resource(), parsePOSTFormSubmission=False)
@@ -170,7 +175,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         worker.setServiceParent(root)
     return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
                        orchestrators=orchestrators, drivers=drivers, backends=backends, refresher=refresher,
-                       worker=worker)
+                       worker=worker, metrics=metrics)
 
 
 def makeService(options: Mapping[str, Any]) -> service.IService:

@@ -24,7 +24,7 @@ from cubed.config import DataSourceSettings, Settings
 from cubed.drivers.base import Driver
 from cubed.errors import ConfigError, InternalError, ModelError
 from cubed.hooks import Hooks, call_hook
-from cubed.model.registry import CompiledModel, ModelRegistry, compile_directory
+from cubed.model.registry import CompiledModel, ModelRegistry, timed_compile
 from cubed.orchestrator.orchestrator import DEFAULT_ORCHESTRATOR_ID, Orchestrator
 from cubed.orchestrator.registry import Orchestrators
 
@@ -175,7 +175,7 @@ class Tenants(Service):
                     raise InternalError(f"pre_aggregations_schema must return a plain identifier, got {schema!r}")
             try:
                 compiled = await threads.deferToThreadPool(
-                    self.reactor, self.reactor.getThreadPool(), compile_directory, directory,
+                    self.reactor, self.reactor.getThreadPool(), timed_compile, self.registry.metrics, "app", directory,
                     lambda ds: drivers[ds].dialect, lambda ds: drivers[ds].db_type, dict(context), schema)
             except ModelError as error:
                 raise InternalError(f"model of app '{app_id}': {error}") from None

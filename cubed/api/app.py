@@ -24,9 +24,10 @@ from cubed.api.gateway import Gateway, RequestContext
 from cubed.api.health import CachedProbe
 from cubed.api.openapi import openapi_document, openapi_paths
 from cubed.config import Settings
-from cubed.errors import AuthError, UserError
+from cubed.errors import AuthError, ContinueWait, UserError
 from cubed.hooks import HookError, Hooks, call_hook
 from cubed.logs import RequestLogger
+from cubed.metrics import Metrics
 
 REQUEST_ID_MAX = 128
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9+/=._:\-]{1,%d}$" % REQUEST_ID_MAX)
@@ -93,11 +94,13 @@ class CubedApi:
     log = Logger(namespace="cubed.api")
 
     def __init__(self, settings: Settings, gateway: Gateway, authenticator: Authenticator,
-                 readiness: CachedProbe, liveness: CachedProbe, reactor: Any, hooks: Hooks = Hooks()) -> None:
+                 readiness: CachedProbe, liveness: CachedProbe, reactor: Any, hooks: Hooks = Hooks(),
+                 metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.gateway = gateway
         self.auth = authenticator
         self.hooks = hooks
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self.default_scopes = tuple(settings.extra.get("CUBEJS_DEFAULT_API_SCOPES", "").replace(" ", "").split(",")) \
             if settings.extra.get("CUBEJS_DEFAULT_API_SCOPES") else DEFAULT_API_SCOPES
         self.readiness = readiness
@@ -118,9 +121,13 @@ class CubedApi:
         for path, methods, handler, scope in routes:
             self.known_paths.add((base + path).encode())
             self.app.route(base + path, methods=list(methods), endpoint=f"{handler.__name__}{path}")(
-                self._wrap(handler, scope))
+                self._wrap(handler, scope, path))
         self.app.route("/readyz", methods=["GET"], endpoint="readyz")(self._probe(self.readiness))
         self.app.route("/livez", methods=["GET"], endpoint="livez")(self._probe(self.liveness))
+        if self.metrics.enabled:
+            # Prometheus metrics, off the base path; scrapes are not counted as API requests.
+            self.known_paths.add(b"/metrics")
+            self.app.route("/metrics", methods=["GET"], endpoint="metrics")(self._metrics)
         # The OpenAPI document: no token needed, built once.
         self.openapi = encode_json(openapi_document(settings))
         for number, path in enumerate(openapi_paths(settings)):
@@ -201,7 +208,12 @@ class CubedApi:
             raise HookError("check_auth hook returned a security context that is not a dict")
         return context
 
-    def _wrap(self, handler: Handler, scope: str) -> Callable[[IRequest], Awaitable[bytes]]:
+    def _wrap(self, handler: Handler, scope: str, path: str) -> Callable[[IRequest], Awaitable[bytes]]:
+        """Return the Klein route of ``handler``: request id, auth and scope, the handler, the
+        one error mapper, the request's log line and its metrics (labelled ``path``, the route
+        template without the base path)."""
+        metrics = self.metrics
+
         async def route(request: IRequest) -> bytes:
             started = time.monotonic()
             status = 500
@@ -220,15 +232,20 @@ class CubedApi:
                 return self._respond(request, status, encoded)
             except Exception as error:  # the one mapper: every failure answers in Cube's shape
                 status, body, unexpected = error_body(error, request_id, self.settings.dev_mode)
+                if isinstance(error, ContinueWait):
+                    metrics.continue_wait(path)
                 if unexpected or isinstance(error, HookError):
                     log.failure("unexpected error in {path}", path=request.path.decode("latin-1", "replace"))
                 else:
                     log.info("{status}: {error}", status=status, error=body.get("error"))
                 return self._respond(request, status, encode_json(body))
             finally:
+                elapsed = time.monotonic() - started
+                method = request.method.decode("latin-1")
+                metrics.request(path, method, status, elapsed)
                 log.info("{method} {path} {status} {duration:.1f}ms",
-                         method=request.method.decode("latin-1"), path=request.path.decode("latin-1", "replace"),
-                         status=status, duration=(time.monotonic() - started) * 1000)
+                         method=method, path=request.path.decode("latin-1", "replace"),
+                         status=status, duration=elapsed * 1000)
 
         return route
 
@@ -293,6 +310,20 @@ class CubedApi:
             return self._respond(request, 200 if healthy else 500, encode_json(body))
 
         return route
+
+    async def _metrics(self, request: IRequest) -> bytes:
+        """Answer a Prometheus scrape: the metrics, or 401/403 when CUBED_METRICS_TOKEN is set
+        and the request does not carry ``Authorization: Bearer <token>``."""
+        refused = self.metrics.authorized(request.getHeader("authorization"))
+        if refused is not None:
+            if refused == 401:
+                request.setHeader(b"www-authenticate", b'Bearer realm="metrics"')
+            message = "Authorization header isn't set" if refused == 401 else "Invalid token"
+            return self._respond(request, refused, encode_json({"error": message}))
+        body, content_type = await self.metrics.exposition(request.getHeader("accept"))
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", content_type.encode("latin-1"))
+        return body
 
     def _preflight(self, request: IRequest) -> bytes:
         request.setResponseCode(204)

@@ -5,6 +5,7 @@ a bounded cache of planned SQL per normalized query.
 from __future__ import annotations
 
 import json
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from twisted.internet import threads
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
+from cubed.metrics import Metrics
 from cubed.model.compile import ModelCompiler, member_templates
 from cubed.model.joins import JoinGraph
 from cubed.model.loader import load_directory
@@ -75,6 +77,21 @@ def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_typ
                          uses_security_context=_reads_security_context(model))
 
 
+def timed_compile(metrics: Metrics, trigger: str, directory: Path, dialect_for: Callable[[str], str],
+                  db_type_for: Callable[[str], str], compile_context: Mapping[str, Any] | None = None,
+                  pre_aggregations_schema: str = "prod_pre_aggregations") -> CompiledModel:
+    """Return compile_directory(...) of the arguments, its time (or failure) recorded in
+    ``metrics`` under ``trigger`` (blocking: run it in a thread)."""
+    started = time.perf_counter()
+    try:
+        compiled = compile_directory(directory, dialect_for, db_type_for, compile_context, pre_aggregations_schema)
+    except Exception:
+        metrics.model_compile(trigger, time.perf_counter() - started, True)
+        raise
+    metrics.model_compile(trigger, time.perf_counter() - started, False)
+    return compiled
+
+
 def _reads_security_context(model: Model) -> bool:
     """Return whether any SQL of the model refers to SECURITY_CONTEXT (plans then depend on it)."""
     return any(ref.text.startswith("SECURITY_CONTEXT.")
@@ -88,8 +105,10 @@ class ModelRegistry:
     log = Logger()
 
     def __init__(self, directory: Path, dialect_for: Callable[[str], str], db_type_for: Callable[[str], str],
-                 reactor: Any, pre_aggregations_schema: str = "prod_pre_aggregations") -> None:
+                 reactor: Any, pre_aggregations_schema: str = "prod_pre_aggregations",
+                 metrics: Metrics | None = None) -> None:
         self.directory = directory
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self.pre_aggregations_schema = pre_aggregations_schema
         self.dialect_for = dialect_for
         self.db_type_for = db_type_for
@@ -105,15 +124,15 @@ class ModelRegistry:
 
     def load_now(self) -> CompiledModel:
         """Load and install the model synchronously (start-up, where failing fast is wanted)."""
-        compiled = compile_directory(self.directory, self.dialect_for, self.db_type_for,
-                                     pre_aggregations_schema=self.pre_aggregations_schema)
+        compiled = timed_compile(self.metrics, "startup", self.directory, self.dialect_for, self.db_type_for,
+                                 pre_aggregations_schema=self.pre_aggregations_schema)
         self._install(compiled)
         return compiled
 
     def reload(self) -> Deferred[CompiledModel]:
         """Load the model in a thread and install it; on error keep the current one and fail."""
-        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), compile_directory,
-                                      self.directory, self.dialect_for, self.db_type_for, None,
+        d = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(), timed_compile, self.metrics,
+                                      "reload", self.directory, self.dialect_for, self.db_type_for, None,
                                       self.pre_aggregations_schema)
         d.addCallback(self._install)
         return d

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from cubed.drivers.base import ResultSet
 from cubed.errors import ContinueWait, CubedError, ServiceUnavailable
+from cubed.metrics import Metrics
 from cubed.orchestrator.queue import QueryQueue, decode_result
 from cubed.orchestrator.refresh_keys import RefreshKey
 from cubed.orchestrator.stores import CacheStore, QueuedQuery
@@ -68,8 +69,9 @@ class QueryCache:
     log = Logger()
 
     def __init__(self, prefix: str, store: CacheStore, queue_for: Callable[[str], QueryQueue], clock: Any,
-                 options: CacheOptions = CacheOptions()) -> None:
+                 options: CacheOptions = CacheOptions(), metrics: Metrics | None = None) -> None:
         self.prefix = prefix
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self.store = store
         self.queue_for = queue_for
         self.clock = clock
@@ -98,10 +100,14 @@ class QueryCache:
     async def fetch(self, data_source: str, sql: RenderedSql, keys: list[RefreshKey], mode: str = "stale-if-slow",
                     renew: bool = False, request_id: str = "", priority: int = 0) -> Fetched:
         """Return the rows of ``sql`` per the cache mode; ContinueWait when they are not ready
-        in time and there is nothing (allowed) to answer with meanwhile."""
+        in time and there is nothing (allowed) to answer with meanwhile.
+
+        Each call counts one cache outcome: hit, miss (the query went to the queue), stale (an
+        outdated entry answered) or bypass (no-cache, renewQuery)."""
         queue = self.queue_for(data_source)
         now = self.clock.seconds()
         if mode == "no-cache":
+            self.metrics.cache_result(self.prefix, data_source, "bypass")
             # A fresh read per interaction; its Continue-wait retries find their own result.
             item = QueuedQuery(key=digest(data_source, sql.text, list(sql.params), "no-cache", span_of(request_id)),
                                data_source=data_source,
@@ -117,6 +123,7 @@ class QueryCache:
         if entry is not None:
             cached = json.loads(entry)
             if cached["renewal_key"] == renewal_key and now - cached["time"] < self.options.max_age:
+                self.metrics.cache_result(self.prefix, data_source, "hit")
                 return Fetched(decode_result(cached["result"]), cached["time"], False, values)
             stale = (decode_result(cached["result"]), cached["time"])
         key = digest(cache_key, renewal_key, span_of(request_id)) if renew else digest(cache_key, renewal_key)
@@ -127,14 +134,19 @@ class QueryCache:
             refresh = ensureDeferred(queue.execute(item, wait=0))
             refresh.addErrback(lambda f: None if f.check(ContinueWait) else self.log.warn(
                 "background refresh failed: {error}", error=f.getErrorMessage()))
+            self.metrics.cache_result(self.prefix, data_source, "stale")
             return Fetched(stale[0], stale[1], True, values)
+        outcome = "bypass" if renew else "miss"
         try:
             result = await queue.execute(item)
         except ContinueWait:
             if stale is not None and mode == "stale-if-slow":
                 self.log.info("slow query: answering the cached result of {at} while it refreshes", at=stale[1])
+                outcome = "stale"
                 return Fetched(stale[0], stale[1], True, values)
             raise
+        finally:
+            self.metrics.cache_result(self.prefix, data_source, outcome)
         return Fetched(result, self.clock.seconds(), False, values)
 
     async def key_values(self, keys: list[RefreshKey], renew: bool = False, request_id: str = "") -> list[Any]:

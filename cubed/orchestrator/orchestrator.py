@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, gatherResults
 
 from cubed.drivers.base import Driver, ResultSet
 from cubed.errors import CompileError
+from cubed.metrics import Metrics
 from cubed.orchestrator.cache import CacheOptions, Fetched, QueryCache
 from cubed.orchestrator.preaggregations import PreAggregationLoader
 from cubed.orchestrator.queue import QueryQueue, QueueOptions
@@ -24,16 +25,18 @@ DEFAULT_ORCHESTRATOR_ID = "STANDALONE"
 
 
 class Orchestrator:
-    """Queues and cache of one orchestrator id."""
+    """Queues and cache of one orchestrator id (every query it runs timed by ``metrics``)."""
 
     def __init__(self, orchestrator_id: str, queue_store: QueueStore, cache_store: CacheStore,
                  drivers: Mapping[str, Driver], options: Mapping[str, QueueOptions], clock: Any,
-                 cache_options: CacheOptions = CacheOptions(), rollup_only: bool = False) -> None:
+                 cache_options: CacheOptions = CacheOptions(), rollup_only: bool = False,
+                 metrics: Metrics | None = None) -> None:
         self.orchestrator_id = orchestrator_id
-        self.drivers = dict(drivers)
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
+        self.drivers = self.metrics.measured_drivers(orchestrator_id, drivers)
         self.clock = clock
         self.queue_store = queue_store
-        self.cache = QueryCache(orchestrator_id, cache_store, self.queue, clock, cache_options)
+        self.cache = QueryCache(orchestrator_id, cache_store, self.queue, clock, cache_options, self.metrics)
         self.started = False
         self.queues: dict[str, QueryQueue] = {}
         for name, driver in self.drivers.items():
@@ -41,7 +44,7 @@ class Orchestrator:
                 f"SQL_QUERY_{orchestrator_id}_{name}", queue_store, self._executor(driver),
                 options.get(name, QueueOptions()), clock, on_result=self.cache.store_result)
         self.pre_aggregations = PreAggregationLoader(orchestrator_id, self.drivers, queue_store, self.cache, cache_store,
-                                                     options, clock, rollup_only=rollup_only)
+                                                     options, clock, rollup_only=rollup_only, metrics=self.metrics)
 
     @staticmethod
     def _executor(driver: Driver) -> Any:

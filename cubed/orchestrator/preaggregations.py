@@ -34,11 +34,12 @@ from typing import Any, Callable, Mapping
 
 import sqlglot
 from sqlglot import exp
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
 from cubed.drivers.base import Column, Driver, ResultSet
 from cubed.errors import CompileError, ContinueWait, CubedError, DatabaseError, UserError
+from cubed.metrics import Metrics
 from cubed.model.intervals import Every, renewal_threshold
 from cubed.model.preaggregations import PreAggregation
 from cubed.orchestrator.cache import QueryCache, digest
@@ -150,8 +151,9 @@ class PreAggregationLoader:
 
     def __init__(self, orchestrator_id: str, drivers: Mapping[str, Driver], queue_store: QueueStore,
                  cache: QueryCache, cache_store: CacheStore, options: Mapping[str, QueueOptions], clock: Any,
-                 rollup_only: bool = False) -> None:
+                 rollup_only: bool = False, metrics: Metrics | None = None) -> None:
         self.orchestrator_id = orchestrator_id
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self.drivers = dict(drivers)
         self.cache = cache
         self.cache_store = cache_store
@@ -493,10 +495,17 @@ class PreAggregationLoader:
         started = self.clock.seconds()
         self.log.info("building pre-aggregation table {table}", table=table)
         create_schema, *statements = job["statements"]
-        await self._ensure_schema(driver, job["schema"], create_schema)
-        for text, params in statements:
-            await driver.execute(text, params, name=f"build {job['table']}")
+        try:
+            await self._ensure_schema(driver, job["schema"], create_schema)
+            for text, params in statements:
+                await driver.execute(text, params, name=f"build {job['table']}")
+        except CancelledError:
+            raise
+        except Exception:
+            self.metrics.pre_aggregation_build(self.orchestrator_id, data_source, self.clock.seconds() - started, True)
+            raise
         self.builds += 1
+        self.metrics.pre_aggregation_build(self.orchestrator_id, data_source, self.clock.seconds() - started, False)
         self.forget_tables(data_source, job["schema"])
         self.log.info("built pre-aggregation table {table} in {seconds:.3f} s", table=table,
                       seconds=self.clock.seconds() - started)

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 
 from cubed.drivers.base import Driver
+from cubed.metrics import Metrics
 from cubed.orchestrator.cache import CacheOptions
 from cubed.orchestrator.orchestrator import DEFAULT_ORCHESTRATOR_ID, Orchestrator
 from cubed.orchestrator.queue import QueueOptions
@@ -23,7 +24,7 @@ class Orchestrators(Service):
 
     def __init__(self, queue_store: QueueStore, cache_store: CacheStore, drivers: Mapping[str, Driver],
                  options: Mapping[str, QueueOptions], clock: Any, cache_options: CacheOptions = CacheOptions(),
-                 orchestrator_id: Any = None, rollup_only: bool = False) -> None:
+                 orchestrator_id: Any = None, rollup_only: bool = False, metrics: Metrics | None = None) -> None:
         self.queue_store = queue_store
         self.cache_store = cache_store
         self.drivers = dict(drivers)
@@ -31,6 +32,7 @@ class Orchestrators(Service):
         self.clock = clock
         self.cache_options = cache_options
         self.rollup_only = rollup_only
+        self.metrics = metrics if metrics is not None else Metrics.disabled()
         self._orchestrators: dict[str, Orchestrator] = {}
 
     def get(self, orchestrator_id: str = DEFAULT_ORCHESTRATOR_ID,
@@ -41,11 +43,16 @@ class Orchestrators(Service):
         if orchestrator is None:
             orchestrator = Orchestrator(orchestrator_id, self.queue_store, self.cache_store,
                                         drivers if drivers is not None else self.drivers,
-                                        self.options, self.clock, self.cache_options, rollup_only=self.rollup_only)
+                                        self.options, self.clock, self.cache_options, rollup_only=self.rollup_only,
+                                        metrics=self.metrics)
             self._orchestrators[orchestrator_id] = orchestrator
             if self.running:
                 self._start(orchestrator_id, orchestrator)
         return orchestrator
+
+    def all(self) -> list[Orchestrator]:
+        """Return every orchestrator made so far."""
+        return list(self._orchestrators.values())
 
     def _start(self, name: str, orchestrator: Orchestrator) -> None:
         orchestrator.start().addErrback(
