@@ -69,6 +69,7 @@ WARM_UP = 100
 #: Twisted's limit on the request line and on all headers together.
 HTTP_LINE_LIMIT = 16384
 BASE = "/cubejs-api/v1"
+CUBE_LIMIT_ERROR = '{"error":"Error: The query limit has been exceeded."}'
 ROUTES = ("load", "sql", "dry-run")
 
 # No rolling-window measure here: with a fine granularity over a long range their time series
@@ -271,6 +272,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     slowest: str = ""
     by_fuzzer: Counter[str] = field(default_factory=Counter)
+    cube_compatible_500: int = 0
 
     @property
     def requests(self) -> int:
@@ -284,7 +286,11 @@ class Stats:
         if elapsed > max(self.latencies, default=0.0):
             self.slowest = f"{elapsed:.3f}s {what[:300]}"
         self.latencies.append(elapsed)
-        if status >= 500:
+        if status == 500 and detail.strip() == CUBE_LIMIT_ERROR:
+            # Cube answers a limit above CUBEJS_DB_QUERY_LIMIT with a plain Error, so a 500;
+            # cubed copies that on purpose (reference §1.3). Counted apart.
+            self.cube_compatible_500 += 1
+        elif status >= 500:
             self.server_errors.append(f"{status} {what[:500]} -> {detail[:500]}")
 
     def summary(self) -> dict[str, Any]:
@@ -298,6 +304,7 @@ class Stats:
             "by_fuzzer": dict(self.by_fuzzer),
             "statuses": dict(sorted(self.statuses.items())),
             "5xx": len(self.server_errors),
+            "500_query_limit_exceeded_as_cube": self.cube_compatible_500,
             "hangs": len(self.hangs),
             "dropped_connections": len(self.dropped),
             "closed_for_a_request_line_over_16_KiB": len(self.oversized),
@@ -565,6 +572,29 @@ class FoundByFuzzingTests(unittest.TestCase):
         # The request's log line carries the surrogate too: trial's own test.log writer (strict
         # UTF-8) fails on it and reports that as a logged error.
         self.flushLoggedErrors(UnicodeEncodeError)
+
+
+class ReversedDateRangeTests(unittest.TestCase):
+    """Found by the 10 000-request run: a rolling-window measure with a reversed dateRange."""
+
+    async def test_reversed_date_range_with_a_rolling_window(self) -> None:
+        import treq
+
+        from tests.security import demo_settings
+        from tests.support.server import start_server
+
+        server = await start_server(self, await demo_settings())
+        token = jwt.encode({"iat": int(time.time())}, TEST_SECRET, algorithm="HS256")
+        query = {"measures": ["Orders.rollingCount7d"], "timeDimensions": [{
+            "dimension": "Orders.createdAt", "granularity": "day", "dateRange": ["2024-01-02", "2024-01-01"]}]}
+        response = await treq.post(f"{server.url}{BASE}/sql", json.dumps({"query": query}).encode(), persistent=False,
+                                   timeout=10, headers={"Authorization": token, "Content-Type": "application/json"})
+        await response.content()
+        self.flushLoggedErrors(IndexError)
+        self.assertLess(response.code, 500)
+
+    test_reversed_date_range_with_a_rolling_window.todo = (  # type: ignore[attr-defined]
+        "cubed/query/plan.py _cumulative_subquery indexes an empty time series (IndexError: 500)")
 
 
 class HardeningTests(unittest.TestCase):
