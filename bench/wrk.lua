@@ -1,8 +1,9 @@
 -- wrk script for bench/run.sh: POSTs the JSON bodies of the file named by $BENCH_BODIES
 -- (one per line) in turn on each connection, counts answers other than 200, and prints one
 -- line in the format bench/load.py prints:
---   RESULT requests=... duration_s=... rps=... p50_ms=... p90_ms=... p99_ms=... max_ms=... errors=... non200=...
--- (errors = connect + read + write + timeout errors as wrk counts them).
+--   RESULT requests=... duration_s=... rps=... p50_ms=... p90_ms=... p99_ms=... max_ms=... errors=... non200=... sent=...
+-- (errors = connect + read + write + timeout errors as wrk counts them; requests = answers read;
+-- sent = requests written, including those still in flight when the time was up).
 
 local bodies = {}
 local path = os.getenv("BENCH_BODIES")
@@ -24,6 +25,7 @@ end
 
 function init(args)
   non200 = 0
+  sent = 0
   requests = {}
   for i, body in ipairs(bodies) do
     requests[i] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, body)
@@ -33,6 +35,7 @@ end
 
 function request()
   index = index % #requests + 1
+  sent = sent + 1
   return requests[index]
 end
 
@@ -43,15 +46,16 @@ function response(status, headers, body)
 end
 
 function done(summary, latency, requests)
-  local bad = 0
+  local bad, written = 0, 0
   for _, thread in ipairs(threads) do
     bad = bad + (thread:get("non200") or 0)
+    written = written + (thread:get("sent") or 0)
   end
   local e = summary.errors
   local seconds = summary.duration / 1e6
   io.write(string.format(
-    "RESULT requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f errors=%d non200=%d\n",
+    "RESULT requests=%d duration_s=%.3f rps=%.1f p50_ms=%.3f p90_ms=%.3f p99_ms=%.3f max_ms=%.3f errors=%d non200=%d sent=%d\n",
     summary.requests, seconds, summary.requests / seconds,
     latency:percentile(50) / 1000, latency:percentile(90) / 1000, latency:percentile(99) / 1000,
-    latency.max / 1000, e.connect + e.read + e.write + e.timeout, bad))
+    latency.max / 1000, e.connect + e.read + e.write + e.timeout, bad, written))
 end
