@@ -89,7 +89,8 @@ class Load:
 
         statuses = Counter((s.answer.status if s.answer else s.error) for s in self.sent)
         slowest = max((s.answer.took for s in self.sent if s.answer), default=0.0)
-        return f"{len(self.sent)} requests {dict(statuses)} slowest {slowest:.2f}s"
+        refused = next((s.answer.text for s in self.sent if s.answer and s.answer.status != 200), "")
+        return f"{len(self.sent)} requests {dict(statuses)}, slowest {slowest:.2f} s, e.g. {refused}"
 
     def since(self, moment: float) -> list[Sent]:
         return [s for s in self.sent if s.at >= moment]

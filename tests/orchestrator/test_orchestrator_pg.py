@@ -357,8 +357,8 @@ class QueueTests(_Mixin):
         self.assertEqual(body["stage"]["stage"], "Executing query")
         self.assertEqual(sorted(body["stage"]), ["stage", "timeElapsed"])
         self.assertIsInstance(body["stage"]["timeElapsed"], int)
-        self.assertTrue(800 <= body["stage"]["timeElapsed"] <= 2500, body)
-        self.assertTrue(0.9 <= first.took < 2.5, first.took)
+        self.assertTrue(800 <= body["stage"]["timeElapsed"] <= 4000, body)
+        self.assertTrue(0.9 <= first.took < 4, first.took)
         final, waits = await poll(server.url, query)
         self.assertEqual(rows_of(final), [{"Slow.count": "10", "Slow.total": "55"}])
         self.assertTrue(ISO_TIME.match(final.json()["lastRefreshTime"]), final.text)
@@ -476,7 +476,7 @@ class StaleCacheTests(_Mixin):
         self.assertGreater(fresh.json()["lastRefreshTime"], first.json()["lastRefreshTime"])
         self.assertIs(fresh.json()["slowQuery"], False)
 
-    async def stale_setup(self, delay: int = 2) -> tuple[RunningServer, DataSourceSettings, dict[str, Any], Answer]:
+    async def stale_setup(self, delay: int = 3) -> tuple[RunningServer, DataSourceSettings, dict[str, Any], Answer]:
         """Start a server on the Tunable cube (slow as control.delay says, refresh key max(id)),
         cache its answer, then add a row and make the source slow; return the first answer."""
         server, database = await self.start([cube("Tunable", probed("tunable", "(SELECT delay FROM control)"),
@@ -513,14 +513,14 @@ class StaleCacheTests(_Mixin):
         "every request of the cube answer Continue wait although its answer is cached")
 
     async def test_stale_if_slow(self) -> None:
-        """stale-if-slow (the default): the refresh takes 2 s, so after the Continue-wait timeout
+        """stale-if-slow (the default): the refresh takes 3 s, so after the Continue-wait timeout
         the stale entry is answered with slowQuery: true; the refresh completes and is served."""
         server, database, query, first = await self.stale_setup()
         stale = await load(server.url, {**query, "cache": "stale-if-slow"})
         self.assertEqual(count_of(stale, "Tunable.count"), 10)
         self.assertIs(stale.json()["slowQuery"], True)
         self.assertEqual(stale.json()["lastRefreshTime"], first.json()["lastRefreshTime"])
-        self.assertTrue(0.9 <= stale.took < 2.5, stale.took)
+        self.assertTrue(0.9 <= stale.took < 2.9, stale.took)
         await wait_until(lambda: equals(probe_runs(database, "tunable"), 2), 10, "refresh done")
         fresh = await load(server.url, query)
         self.assertEqual((count_of(fresh, "Tunable.count"), fresh.json()["slowQuery"]), (11, False))
@@ -531,7 +531,7 @@ class StaleCacheTests(_Mixin):
         server, database, query, first = await self.stale_setup()
         stale = await load(server.url, {**query, "cache": "stale-while-revalidate"})
         self.assertEqual(count_of(stale, "Tunable.count"), 10)
-        self.assertLess(stale.took, 0.8)
+        self.assertLess(stale.took, 0.9)
         self.assertEqual(stale.json()["lastRefreshTime"], first.json()["lastRefreshTime"])
         await wait_until(lambda: equals(probe_runs(database, "tunable"), 2), 10, "refresh done")
         fresh = await load(server.url, {**query, "cache": "stale-while-revalidate"})
