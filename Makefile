@@ -15,7 +15,7 @@ TRIAL_ARGS ?=
 TRIAL_JOBS ?= 2
 JOBS_ARG := $(if $(filter-out 0 1,$(TRIAL_JOBS)),-j$(TRIAL_JOBS))
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench bench-preagg clean
 
 install: $(STAMP)
 
@@ -40,6 +40,13 @@ bench: install
 	@if [ -x bench/run.sh ]; then bench/run.sh; \
 	elif [ -f bench/run.sh ]; then bash bench/run.sh; \
 	else echo "bench/run.sh does not exist yet"; fi
+	@echo "pre-aggregations (PostgreSQL, 6 M line items, 2-4 min): make bench-preagg, not run here"
+
+# The pre-aggregation benchmark of issue 5 (bench/README.md): PostgreSQL at 127.0.0.1:5432, its
+# own database (generated once, about 1.5 min). For example PREAGG_ARGS="--runs 10 --raw-runs 3".
+PREAGG_ARGS ?=
+bench-preagg: install
+	$(BIN)/python bench/preagg_bench.py $(PREAGG_ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp _trial_temp.lock var build dist *.egg-info
