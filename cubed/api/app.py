@@ -25,6 +25,7 @@ from cubed.api.health import CachedProbe
 from cubed.api.openapi import openapi_document, openapi_paths
 from cubed.config import Settings
 from cubed.errors import AuthError, ContinueWait, UserError
+from cubed.query.request import CACHE_MODES
 from cubed.hooks import HookError, Hooks, call_hook
 from cubed.logs import RequestLogger
 from cubed.metrics import Metrics
@@ -193,7 +194,9 @@ class CubedApi:
                 raise HookError(f"context_to_api_scopes returned unknown scopes: {', '.join(map(str, unknown))}")
         if scope not in (scopes or ()):
             raise AuthError(f"API scope is missing: {scope}")
-        return RequestContext(request_id=request_id, security_context=security, log=log, hooks_context=hooks_context)
+        sent_id = request.getHeader("x-request-id") or request.getHeader("traceparent")
+        return RequestContext(request_id=request_id, security_context=security, log=log, hooks_context=hooks_context,
+                              interaction=None if sent_id else "")
 
     async def _check_auth_hook(self, request: IRequest, header: str | None) -> Mapping[str, Any]:
         assert self.hooks.check_auth is not None
@@ -275,26 +278,31 @@ class CubedApi:
         parsed = parse_qs(query.decode("utf-8", "replace"), keep_blank_values=True)
         return {k: v[0] for k, v in parsed.items()}
 
-    def _input(self, request: IRequest) -> tuple[Any, str | None]:
-        """Return the raw ``query`` and ``queryType`` of a request, from the body or the URL."""
+    def _input(self, request: IRequest) -> tuple[Any, str | None, str | None]:
+        """Return the raw ``query``, the ``queryType`` and the ``cache`` mode (validated) of a
+        request, from the body or the URL."""
         if request.method == b"POST":
             body = self._body(request)
-            query_type = body.get("queryType")
-            return body.get("query"), str(query_type) if query_type is not None else None
-        args = self._args(request)
-        return args.get("query"), args.get("queryType")
+            query_type, cache = body.get("queryType"), body.get("cache")
+            raw = body.get("query")
+        else:
+            args = self._args(request)
+            raw, query_type, cache = args.get("query"), args.get("queryType"), args.get("cache")
+        if cache is not None and cache not in CACHE_MODES:
+            raise UserError(f'"cache" must be one of [{", ".join(CACHE_MODES)}]')
+        return raw, str(query_type) if query_type is not None else None, cache
 
     # -- routes --------------------------------------------------------------------------
     async def _load(self, request: IRequest, context: RequestContext) -> Any:
-        raw, query_type = self._input(request)
-        return await self.gateway.load(raw, query_type, context)
+        raw, query_type, cache = self._input(request)
+        return await self.gateway.load(raw, query_type, context, cache)
 
     async def _sql(self, request: IRequest, context: RequestContext) -> Any:
-        raw, _query_type = self._input(request)
+        raw, _query_type, _cache = self._input(request)
         return await self.gateway.sql(raw, context)
 
     async def _dry_run(self, request: IRequest, context: RequestContext) -> Any:
-        raw, _query_type = self._input(request)
+        raw, _query_type, _cache = self._input(request)
         return await self.gateway.dry_run(raw, context)
 
     async def _meta(self, request: IRequest, context: RequestContext) -> Any:

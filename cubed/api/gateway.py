@@ -41,6 +41,8 @@ class RequestContext:
     security_context: Mapping[str, Any]
     log: RequestLogger
     hooks_context: Mapping[str, Any] = field(default_factory=dict)
+    # The client's interaction (None: the span of its request id; "" when it sent no id).
+    interaction: str | None = None
 
 
 class Gateway:
@@ -57,8 +59,9 @@ class Gateway:
         """Return whether hidden members are shown (dev mode, as Cube does)."""
         return self.settings.dev_mode
 
-    async def _normalized(self, raw: Any, context: RequestContext) -> tuple[str, list[Query]]:
-        query_type, queries = expand_query(parse_query_param(raw), self.settings)
+    async def _normalized(self, raw: Any, context: RequestContext,
+                          cache_mode: str | None = None) -> tuple[str, list[Query]]:
+        query_type, queries = expand_query(parse_query_param(raw), self.settings, cache_mode=cache_mode)
         if self.hooks.query_rewrite is not None:
             queries = [await self._rewrite(query, context) for query in queries]
         return query_type, queries
@@ -77,9 +80,11 @@ class Gateway:
         tenant = await self.tenants.resolve(context.hooks_context)
         return tenant, [tenant.compiled.plan(q, context.security_context) for q in queries]
 
-    async def load(self, raw: Any, query_type_param: str | None, context: RequestContext) -> dict[str, Any]:
-        """Return the ``/v1/load`` body for a raw query (object, array, or JSON text)."""
-        query_type, queries = await self._normalized(raw, context)
+    async def load(self, raw: Any, query_type_param: str | None, context: RequestContext,
+                   cache_mode: str | None = None) -> dict[str, Any]:
+        """Return the ``/v1/load`` body for a raw query (object, array, or JSON text), read per
+        the request's ``cache`` parameter when given (else the query's own)."""
+        query_type, queries = await self._normalized(raw, context, cache_mode)
         tenant, plans = await self._plans(queries, context)
         context.log.debug("load: {count} quer{y}, type {query_type}", count=len(plans),
                           y="y" if len(plans) == 1 else "ies", query_type=query_type)
@@ -128,7 +133,7 @@ class Gateway:
 
         def fetch(sql: Any) -> Deferred[Fetched]:
             return ensureDeferred(orchestrator.fetch(plan.data_source, sql, keys, query.cache_mode, query.renew_query,
-                                                     context.request_id))
+                                                     context.request_id, interaction=context.interaction))
 
         if total_sql is None:
             fetched: list[Fetched] = [await fetch(sql)]

@@ -30,6 +30,10 @@ from cubed.orchestrator.refresh_keys import RefreshKey
 from cubed.orchestrator.stores import CacheStore, QueuedQuery
 from cubed.query.sql import RenderedSql
 
+# A key's last value is kept this long (it answers while its renewal is queued); it is
+# renewed every renewal threshold.
+KEY_VALUE_TTL = 24 * 3600.0
+_NO_VALUE = object()
 CACHE_MODES = ("stale-if-slow", "stale-while-revalidate", "must-revalidate", "no-cache")
 
 
@@ -98,7 +102,8 @@ class QueryCache:
         await self.store.set(item.cache_key, entry, self.options.expire_after)
 
     async def fetch(self, data_source: str, sql: RenderedSql, keys: list[RefreshKey], mode: str = "stale-if-slow",
-                    renew: bool = False, request_id: str = "", priority: int = 0) -> Fetched:
+                    renew: bool = False, request_id: str = "", priority: int = 0,
+                    interaction: str | None = None) -> Fetched:
         """Return the rows of ``sql`` per the cache mode; ContinueWait when they are not ready
         in time and there is nothing (allowed) to answer with meanwhile.
 
@@ -109,13 +114,13 @@ class QueryCache:
         if mode == "no-cache":
             self.metrics.cache_result(self.prefix, data_source, "bypass")
             # A fresh read per interaction; its Continue-wait retries find their own result.
-            item = QueuedQuery(key=digest(data_source, sql.text, list(sql.params), "no-cache", span_of(request_id)),
+            item = QueuedQuery(key=digest(data_source, sql.text, list(sql.params), "no-cache", interaction),
                                data_source=data_source,
                                sql=sql.text, params=list(sql.params), priority=priority, added_at=now,
-                               request_id=request_id)
+                               request_id=request_id, keep_result=interaction != "")
             result = await queue.execute(item)
             return Fetched(result, self.clock.seconds(), False, [])
-        values = await self.key_values(keys, renew, request_id)
+        values = await self.key_values(keys, renew, request_id, interaction)
         renewal_key = json.dumps(values, separators=(",", ":"))
         cache_key = self.result_key(data_source, sql)
         entry = None if renew else await self._store(self.store.get(cache_key))
@@ -126,8 +131,8 @@ class QueryCache:
                 self.metrics.cache_result(self.prefix, data_source, "hit")
                 return Fetched(decode_result(cached["result"]), cached["time"], False, values)
             stale = (decode_result(cached["result"]), cached["time"])
-        key = digest(cache_key, renewal_key, span_of(request_id)) if renew else digest(cache_key, renewal_key)
-        item = QueuedQuery(key=key, data_source=data_source, sql=sql.text,
+        key = digest(cache_key, renewal_key, interaction) if renew else digest(cache_key, renewal_key)
+        item = QueuedQuery(key=key, data_source=data_source, sql=sql.text, keep_result=not (renew and interaction == ""),
                            params=list(sql.params), priority=priority, added_at=now, request_id=request_id,
                            cache_key=cache_key, renewal_key=renewal_key)
         if stale is not None and mode == "stale-while-revalidate":
@@ -149,7 +154,23 @@ class QueryCache:
             self.metrics.cache_result(self.prefix, data_source, outcome)
         return Fetched(result, self.clock.seconds(), False, values)
 
-    async def key_values(self, keys: list[RefreshKey], renew: bool = False, request_id: str = "") -> list[Any]:
+    async def _renew_key(self, queue: QueryQueue, item: QueuedQuery) -> ResultSet | None:
+        """Return the renewed value of a due key when the data source has a free slot for it
+        (waiting up to Continue wait), or None after queueing it behind the queries that hold
+        the slots (it goes on in the background)."""
+        waiting, running = await self._store(queue.sizes())
+        if waiting == 0 and running < queue.options.concurrency:
+            try:
+                return await queue.execute(item)
+            except ContinueWait:
+                return None
+        try:
+            return await queue.execute(item, wait=0)  # its value if renewed already
+        except ContinueWait:
+            return None
+
+    async def key_values(self, keys: list[RefreshKey], renew: bool = False, request_id: str = "",
+                         interaction: str | None = None) -> list[Any]:
         """Return the current value of each refresh key (``every`` keys from the clock,
         ``sql`` keys from the database at most once per renewal threshold)."""
         now = self.clock.seconds()
@@ -161,19 +182,32 @@ class QueryCache:
                 continue
             cache_key = f"{self.prefix}:{key.sql_cache_key()}"
             cached = None if renew else await self._store(self.store.get(cache_key))
+            stale: Any = _NO_VALUE
             if cached is not None:
-                values.append(json.loads(cached))
-                continue
+                entry = json.loads(cached)
+                if now - entry["at"] < key.renewal_threshold:
+                    values.append(entry["value"])
+                    continue
+                stale = entry["value"]
             # One execution per key and renewal period, however many requests ask (a renewQuery
             # interaction reads it afresh).
             period: Any = int(now // key.renewal_threshold)
             if renew:
-                period = [period, span_of(request_id)]
+                period = [period, span_of(request_id) if interaction is None else interaction]
             item = QueuedQuery(key=digest("refresh_key", key.data_source, key.sql.text, list(key.sql.params), period),
                                data_source=key.data_source, sql=key.sql.text, params=list(key.sql.params),
                                added_at=now, request_id=request_id)
+            queue = self.queue_for(key.data_source)
             try:
-                result = await self.queue_for(key.data_source).execute(item)
+                if stale is _NO_VALUE:
+                    result = await queue.execute(item)
+                else:
+                    result = await self._renew_key(queue, item)
+                    if result is None:
+                        # Its renewal waits behind other queries: the last value answers now
+                        # and the renewal goes on (Cube's renewal of a key in the background).
+                        values.append(stale)
+                        continue
             except ContinueWait:
                 raise
             except CubedError as error:
@@ -182,6 +216,7 @@ class QueryCache:
                 values.append(None)
                 continue
             value = result.rows[0][0] if result.rows and result.rows[0] else None
-            await self._store(self.store.set(cache_key, json.dumps(value, default=str), key.renewal_threshold))
-            values.append(value)
+            entry_text = json.dumps({"value": value, "at": self.clock.seconds()}, default=str)
+            await self._store(self.store.set(cache_key, entry_text, KEY_VALUE_TTL))
+            values.append(json.loads(entry_text)["value"])
         return values

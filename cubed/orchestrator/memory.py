@@ -98,7 +98,8 @@ class MemoryStore:
         q = self._queue(queue)
         if q.active.get(key, (None,))[0] != owner:
             return succeed(False)
-        q.results[key] = (result, self.clock.seconds() + keep_for)
+        if keep_for > 0:
+            q.results[key] = (result, self.clock.seconds() + keep_for)
         self._forget(q, key)
         for listener in list(self._listeners):
             listener(queue, key)

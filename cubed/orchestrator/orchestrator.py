@@ -74,9 +74,10 @@ class Orchestrator:
         self.pre_aggregations.stop()
 
     async def fetch(self, data_source: str, sql: RenderedSql, keys: list[RefreshKey], mode: str = "stale-if-slow",
-                    renew: bool = False, request_id: str = "", priority: int = 0) -> Fetched:
+                    renew: bool = False, request_id: str = "", priority: int = 0,
+                    interaction: str | None = None) -> Fetched:
         """Return the rows of a planned query through the cache and the queue."""
-        return await self.cache.fetch(data_source, sql, keys, mode, renew, request_id, priority)
+        return await self.cache.fetch(data_source, sql, keys, mode, renew, request_id, priority, interaction)
 
     async def ping(self) -> None:
         """Return when the store answers; raise otherwise."""

@@ -6,7 +6,8 @@ answers Continue wait with the query's stage while it keeps running.
 A query nobody asks for again within ``orphaned_timeout`` is removed and, if running,
 cancelled (its database query too); a running query whose process stops sending heartbeats
 is put back to waiting for another process. Finished results stay readable by every waiter
-for ``result_grace`` seconds (Cube hands a result to its first waiter only).
+for ``result_grace`` seconds (Cube hands a result to its first waiter only); an error is
+handed to the waiters of that execution only.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from cubed.drivers.base import Column, ResultSet
 from cubed.errors import CompileError, ContinueWait, CubedError, DatabaseError, ServiceUnavailable
 from cubed.orchestrator.stores import PRIORITY_MAX, PRIORITY_MIN, QueuedQuery, QueueStore
 
+KEPT_FOR_POLLS_MAX = 10000
 Executor = Callable[[QueuedQuery], Deferred[ResultSet]]
 
 
@@ -92,6 +94,7 @@ class QueryQueue:
         self.owner = uuid.uuid4().hex
         self._waiters: dict[str, list[Deferred[str]]] = {}
         self._running: dict[str, Deferred[ResultSet]] = {}
+        self._kept_for_polls: set[str] = set()
         self._reconciling = False
         self._again = False
         self._loop = LoopingCall(self._tick)
@@ -139,6 +142,10 @@ class QueryQueue:
         try:
             payload = await waiter
         except TimeoutError:
+            if wait > 0:
+                if len(self._kept_for_polls) >= KEPT_FOR_POLLS_MAX:  # keys run by other processes
+                    self._kept_for_polls.clear()
+                self._kept_for_polls.add(item.key)
             stage = await self._store(self.store.stage(self.name, item.key))
             if stage is None:
                 # Finished (or dropped) in the meantime: one more look before giving up.
@@ -254,7 +261,14 @@ class QueryQueue:
     async def _after(self, item: QueuedQuery, payload: str | None, succeeded: bool) -> None:
         try:
             if payload is not None:
-                kept = await self.store.complete(self.name, item.key, self.owner, payload, self.options.result_grace)
+                # An error reaches the waiters of this execution and is not kept: the next
+                # request runs the query again (the cause may be gone), as in Cube.
+                # A result not meant to be kept still is when its execution made a client
+                # wait (Continue wait): that client's next poll must find it.
+                polled = item.key in self._kept_for_polls
+                self._kept_for_polls.discard(item.key)
+                keep_for = self.options.result_grace if succeeded and (item.keep_result or polled) else 0.0
+                kept = await self.store.complete(self.name, item.key, self.owner, payload, keep_for)
                 if kept and succeeded and self.on_result is not None:
                     await self.on_result(item, payload)
                 # Waiters in this process get the result even if the store lost it.

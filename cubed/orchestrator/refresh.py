@@ -90,7 +90,7 @@ class RefreshScheduler:
 
     async def _run_pass(self, timezones: Sequence[str] | None,
                         contexts: list[Mapping[str, Any]] | None) -> RefreshProgress:
-        request_id = f"scheduler-{uuid.uuid4()}"
+        request_id = f"scheduler-{uuid.uuid4()}-span-1"  # one interaction: keys are read afresh once
         zones = tuple(timezones or self.timezones)
         states: list[TargetState] = []
         for context in contexts if contexts is not None else await self.contexts():

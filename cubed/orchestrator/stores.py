@@ -34,6 +34,9 @@ class QueuedQuery:
     result_ttl: float = 0.0
     # What a pre-aggregation queue runs instead of ``sql`` (a build or a clean-up), as JSON.
     job: dict[str, Any] | None = None
+    # False: the result goes to the waiters of this execution only and is not kept for later
+    # requests (a no-cache read by a client whose retries cannot be told apart).
+    keep_result: bool = True
 
     def score(self) -> float:
         """Return the queue order of this query: higher priority first, then first come.

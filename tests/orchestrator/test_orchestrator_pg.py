@@ -508,10 +508,6 @@ class StaleCacheTests(_Mixin):
         self.assertEqual(count_of(answer, "Items.count"), 10)
         self.assertLess(answer.took, 0.5)
 
-    test_cached_answer_while_the_queue_is_busy.todo = (  # type: ignore[attr-defined]
-        "a due sql refresh key is read through the queue in the foreground: behind a slow query it makes "
-        "every request of the cube answer Continue wait although its answer is cached")
-
     async def test_stale_if_slow(self) -> None:
         """stale-if-slow (the default): the refresh takes 3 s, so after the Continue-wait timeout
         the stale entry is answered with slowQuery: true; the refresh completes and is served."""
@@ -572,10 +568,6 @@ class CacheModeTests(_Mixin):
         self.assertEqual(count_of(final, "Tunable.count"), 10)
         self.assertEqual(await probe_starts(database), 1, f"{len(waits)} Continue waits")
 
-    test_slow_no_cache_polled_without_request_id.todo = (  # type: ignore[attr-defined]
-        "no-cache (and renewQuery) key the execution by the x-request-id span; without the header every "
-        "poll gets a new id, starts a new execution and answers Continue wait forever")
-
     async def test_slow_no_cache_polled_with_one_span(self) -> None:
         """The same client with Cube's request ids (``<span>-span-<n>``, one span for its retries,
         as @cubejs-client/core sends them) gets the rows of one execution."""
@@ -617,10 +609,6 @@ class CacheModeTests(_Mixin):
         again = await load(server.url, {"measures": ["Fragile.count"]})
         self.assertEqual(count_of(again, "Fragile.count"), 10)
 
-    test_failed_query_runs_again.todo = (  # type: ignore[attr-defined]
-        "cubed keeps a failed execution's error as the query's result for CUBED_RESULT_GRACE (60 s): "
-        "identical requests get the old error without running the query")
-
     async def test_cache_mode_of_the_request(self) -> None:
         """The request's own ``cache`` parameter (POST body and GET URL, beside ``query``) sets
         the cache mode: no-cache reads the source although the entry is fresh."""
@@ -633,9 +621,6 @@ class CacheModeTests(_Mixin):
         await pg_run(database, "INSERT INTO items (category, amount) VALUES ('odd', 1)")
         url = f"{server.url}{BASE}/load?" + urlencode({"query": json.dumps(query), "cache": "no-cache"})
         self.assertEqual(count_of(await request("GET", url), "Tunable.count"), 12)
-
-    test_cache_mode_of_the_request.todo = (  # type: ignore[attr-defined]
-        "the request's cache parameter is not read (only the query's own cache key is)")
 
 
 class MemoryQueueTests(QueueTests, ServerTestCase):
