@@ -189,7 +189,15 @@ def make_log_observer(format: str, stream: IO[Any], level: str) -> ILogObserver:
             f'Value "{format}" is not valid for CUBED_LOG_FORMAT. Must be one of: {", ".join(LOG_FORMATS)}.'
         )
     minimum = parse_level(level)
-    writer = FileLogObserver(stream, format_json if format == "json" else format_text)
+    formatter = format_json if format == "json" else format_text
+
+    def encodable(event: Any) -> str | None:
+        # A lone surrogate from a request (valid as a JSON escape) would make the stream's
+        # strict UTF-8 writer drop the whole line: escape it instead.
+        line = formatter(event)
+        return line.encode("utf-8", "backslashreplace").decode("utf-8") if line else line
+
+    writer = FileLogObserver(stream, encodable)
     return FilteringLogObserver(writer, [_MinimumLevel(minimum)])
 
 

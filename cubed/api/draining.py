@@ -35,6 +35,9 @@ class CountingRequest(Request):
         super().process()
 
 
+IDLE_TIMEOUT = 75.0
+
+
 class DrainingSite(Site):
     """A Site that knows its in-flight requests and can wait for them to finish.
 
@@ -49,6 +52,9 @@ class DrainingSite(Site):
     close_poll_interval = 0.01
 
     def __init__(self, resource: IResource, *args: Any, **kwargs: Any) -> None:
+        # A connection silent this long is closed (Twisted's default is 12 hours: a client that
+        # declares a body and never sends it would hold its connection that long).
+        kwargs.setdefault("timeout", IDLE_TIMEOUT)
         super().__init__(resource, *args, **kwargs)
         if not issubclass(self.requestFactory, CountingRequest):
             raise TypeError("DrainingSite needs a requestFactory derived from CountingRequest")

@@ -500,7 +500,8 @@ def time_series(start: str, end: str, granularity: str, max_periods: int | None 
     series: list[tuple[str, str]] = []
     step = 0
     current = first
-    while current <= last:
+    # At least the first period, as moment-range yields it even when the range is reversed.
+    while current <= last or not series:
         if max_periods is not None and len(series) >= max_periods:
             raise UserError(f"Time series of {granularity} periods from {start} to {end} "
                             f"exceeds {max_periods} periods")

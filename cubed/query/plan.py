@@ -35,6 +35,10 @@ from cubed.query.sql import RenderedSql, render_sql
 from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
 
 KEYS_ALIAS = "keys"
+# A rolling window's date series is part of the SQL text: beyond this many periods (the
+# default query row limit) the query is refused instead of building a text of megabytes
+# on the reactor thread (Cube would try).
+MAX_SERIES_PERIODS = 50000
 IANA_ZONES = frozenset(zoneinfo.available_timezones()) | {"UTC"}
 
 
@@ -932,8 +936,8 @@ class _SqlBuilder:
         for td in self.m.time_dimensions:
             date_range = self._series_range(td)
             field = self._converted(td, ctx)
-            series = dates.time_series(date_range[0], date_range[1], td.query.granularity) if td.query.granularity \
-                else [date_range]
+            series = dates.time_series(date_range[0], date_range[1], td.query.granularity, MAX_SERIES_PERIODS) \
+                if td.query.granularity else [date_range]
             start_to_end = bool(granular)
             utc_from = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[0], self.query.timezone))  # noqa: E731
             utc_to = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[1], self.query.timezone))  # noqa: E731
@@ -983,7 +987,8 @@ class _SqlBuilder:
 
     def _series_table(self, td: _TimeDim, alias: str) -> exp.Expression:
         assert td.query.granularity and td.query.date_range
-        periods = dates.time_series(td.query.date_range[0], td.query.date_range[1], td.query.granularity)
+        periods = dates.time_series(td.query.date_range[0], td.query.date_range[1], td.query.granularity,
+                                   MAX_SERIES_PERIODS)
         values = exp.Values(
             expressions=[exp.Tuple(expressions=[exp.Literal.string(a), exp.Literal.string(b)]) for a, b in periods],
             alias=exp.TableAlias(this=exp.to_identifier("dates"),

@@ -65,6 +65,7 @@ OPERATORS: tuple[str, ...] = (
 )
 DATE_OPERATORS = frozenset({"inDateRange", "notInDateRange", "onTheDate", "beforeDate", "afterDate",
                             "beforeOrOnDate", "afterOrOnDate"})
+MAX_COMPARE_DATE_RANGES = 100
 CACHE_MODES: tuple[str, ...] = ("stale-if-slow", "stale-while-revalidate", "must-revalidate", "no-cache")
 RESPONSE_FORMATS: tuple[str, ...] = ("default", "compact")
 
@@ -585,6 +586,9 @@ def _compare_date_range_queries(raw: Any) -> list[dict[str, Any]] | None:
         _fail(f'"{label}" must be an array')
     if not ranges:
         _fail(f'"{label}" must contain at least 1 items')
+    if len(ranges) > MAX_COMPARE_DATE_RANGES:
+        # Beyond Cube (no bound there): each range is a whole query, planned and run.
+        _fail(f'"{label}" must contain less than or equal to {MAX_COMPARE_DATE_RANGES} items')
     base = {key: value for key, value in time_dimensions[position].items() if key != "compareDateRange"}
     queries = []
     for date_range in ranges:

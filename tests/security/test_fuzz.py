@@ -379,7 +379,6 @@ class TwistdMixin:
                 self.process.wait(timeout=10)
 
 
-
 class FuzzTests(TwistdMixin, unittest.TestCase):
     """Both fuzzers against one twistd process."""
 
@@ -504,7 +503,8 @@ class FuzzTests(TwistdMixin, unittest.TestCase):
 class ResourceLimitTests(TwistdMixin, unittest.TestCase):
     """Valid queries whose planning takes the reactor thread for many seconds (found while
     writing the fuzzers; kept out of them). Each must be answered - refused with 400 or served -
-    within ``MAX_LATENCY`` seconds. Expected failures until the planner bounds them."""
+    within ``MAX_LATENCY`` seconds (both are refused: the series and the number of ranges
+    have bounds)."""
 
     kill_at_cleanup = True
 
@@ -525,18 +525,12 @@ class ResourceLimitTests(TwistdMixin, unittest.TestCase):
         self.answered_in_time({"measures": ["Orders.rollingCount7d"], "timeDimensions": [{
             "dimension": "Orders.createdAt", "granularity": "minute", "dateRange": ["2024-01-01", "2024-03-31"]}]})
 
-    test_rolling_window_time_series.todo = (  # type: ignore[attr-defined]
-        "cubed/query/plan.py builds the whole time series into the SQL text on the reactor thread, unbounded")
-
     def test_many_compare_date_ranges(self) -> None:
         """10 000 compareDateRange entries (300 KB): 10 000 queries planned on the reactor thread."""
         ranges = [[f"{2000 + i % 25}-{1 + (i // 25) % 12:02d}-{1 + (i // 300) % 28:02d}", "2025-01-01"]
                   for i in range(10000)]
         self.answered_in_time({"measures": ["Orders.count"], "timeDimensions": [{
             "dimension": "Orders.createdAt", "granularity": "day", "compareDateRange": ranges}]})
-
-    test_many_compare_date_ranges.todo = (  # type: ignore[attr-defined]
-        "no bound on compareDateRange entries; every query is planned synchronously")
 
 
 class FoundByFuzzingTests(unittest.TestCase):
@@ -592,9 +586,6 @@ class ReversedDateRangeTests(unittest.TestCase):
         await response.content()
         self.flushLoggedErrors(IndexError)
         self.assertLess(response.code, 500)
-
-    test_reversed_date_range_with_a_rolling_window.todo = (  # type: ignore[attr-defined]
-        "cubed/query/plan.py _cumulative_subquery indexes an empty time series (IndexError: 500)")
 
 
 class HardeningTests(unittest.TestCase):
