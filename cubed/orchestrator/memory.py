@@ -13,6 +13,10 @@ from twisted.internet.defer import Deferred, succeed
 from cubed.orchestrator.stores import Expired, QueuedQuery, Stage
 
 
+# Seconds between two sweeps of expired cache entries.
+SWEEP_INTERVAL = 60.0
+
+
 @dataclass
 class _Queue:
     definitions: dict[str, QueuedQuery] = field(default_factory=dict)
@@ -30,6 +34,7 @@ class MemoryStore:
         self.clock = clock
         self._queues: dict[str, _Queue] = {}
         self._cache: dict[str, tuple[str, float]] = {}
+        self._next_sweep = 0.0
         self._listeners: list[Callable[[str, str], None]] = []
 
     def _queue(self, name: str) -> _Queue:
@@ -156,8 +161,25 @@ class MemoryStore:
         return succeed(entry[0])
 
     def set(self, key: str, value: str, ttl: float) -> Deferred[None]:
-        self._cache[key] = (value, self.clock.seconds() + ttl)
+        now = self.clock.seconds()
+        self._cache[key] = (value, now + ttl)
+        if now >= self._next_sweep:
+            self.sweep()
         return succeed(None)
+
+    def sweep(self) -> int:
+        """Drop every expired cache entry; returns how many were dropped.
+
+        Entries that nobody reads again are otherwise never looked at: without a sweep the
+        cache of a long-running process would grow with every distinct query it has seen.
+        It runs at most once per ``SWEEP_INTERVAL`` from ``set``, so its cost is amortised.
+        """
+        now = self.clock.seconds()
+        expired = [key for key, (_value, expires) in self._cache.items() if expires <= now]
+        for key in expired:
+            del self._cache[key]
+        self._next_sweep = now + SWEEP_INTERVAL
+        return len(expired)
 
     def delete(self, key: str) -> Deferred[None]:
         self._cache.pop(key, None)

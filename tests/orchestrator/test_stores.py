@@ -285,6 +285,19 @@ class MemoryStoreContractTests(StoreContract, TestCase):
     async def eventually(self, check: Callable[[], bool], within: float = 2.0) -> bool:
         return check()
 
+    async def test_expired_entries_nobody_reads_are_swept(self) -> None:
+        """Distinct queries never asked again do not pile up: a later ``set`` sweeps them."""
+        from cubed.orchestrator.memory import SWEEP_INTERVAL
+
+        for i in range(1000):
+            await self.store.set(f"STANDALONE:q{i}", "result", 10.0)
+        await self.store.set("STANDALONE:kept", "long", 10 * SWEEP_INTERVAL)
+        self.assertEqual(len(self.store._cache), 1001)
+        self.clock.advance(SWEEP_INTERVAL + 1)
+        await self.store.set("STANDALONE:new", "fresh", 10.0)
+        self.assertEqual(sorted(self.store._cache), ["STANDALONE:kept", "STANDALONE:new"])
+        self.assertEqual(await self.store.get("STANDALONE:kept"), "long")
+
 
 async def delete_prefixed(store: Any, prefix: str) -> None:
     """Delete every key of ``prefix`` (SCAN + DEL; never the whole database)."""
