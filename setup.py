@@ -16,7 +16,7 @@ setup(
         "cubed.playground": ["index.html", "*.js", "*.css", "vendor/*.js", "vendor/*.md"],
     },
     install_requires=[
-        "Twisted>=24.3",
+        "Twisted[tls]>=24.3",  # rediss:// and https JWK URLs need pyOpenSSL and service_identity
         "klein>=24.8",
         "PyJWT[crypto]>=2.8",
         "txpostgres>=1.7",
