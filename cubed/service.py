@@ -158,7 +158,8 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         metrics=metrics,
     )
     # cubed reads JSON bodies only; parsing form uploads cost a quarter of a request's CPU.
-    site = DrainingSite(api.resource(), parsePOSTFormSubmission=False)
+    site = DrainingSite(api.resource(), parsePOSTFormSubmission=False,
+                        max_body_size=settings.max_request_size)
     site.displayTracebacks = False
     # cubed logs one line per request itself (with the request id); no second access log.
     site.log = lambda request: None

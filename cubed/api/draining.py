@@ -14,6 +14,7 @@ On stop: the listeners stop accepting connections, the site waits for the reques
 """
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
@@ -26,8 +27,35 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 
+class BoundedBody(io.BytesIO):
+    """A request body that keeps at most ``limit + 1`` bytes and drops the rest, so that a
+    body over the limit costs neither memory nor a temporary file; the handler sees that it
+    has more than ``limit`` bytes and answers 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        """Keep what fits in ``limit + 1`` bytes; returns the length offered (all is "taken")."""
+        room = self.limit + 1 - self.tell()
+        if room > 0:
+            super().write(bytes(data[:room]))
+        return len(data)
+
+
 class CountingRequest(Request):
-    """A Request that reports itself to its DrainingSite from processing until it is done."""
+    """A Request that reports itself to its DrainingSite from processing until it is done, and
+    whose body is bounded by the site's ``max_body_size``."""
+
+    def gotLength(self, length: int | None) -> None:
+        """Choose where the body goes: a BoundedBody when it may exceed the site's limit
+        (declared too long, or chunked with no length); returns nothing."""
+        limit = getattr(self.channel.site, "max_body_size", None) if self.channel else None
+        if limit is not None and (length is None or length > limit):
+            self.content = BoundedBody(limit)
+        else:
+            super().gotLength(length)
 
     def process(self) -> None:
         """Register with the site, then process as usual; returns nothing."""
@@ -51,7 +79,10 @@ class DrainingSite(Site):
     #: How often drain() looks whether the connections it closes are gone.
     close_poll_interval = 0.01
 
-    def __init__(self, resource: IResource, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, resource: IResource, *args: Any, max_body_size: int | None = None,
+                 **kwargs: Any) -> None:
+        #: Bytes of a request body kept at most (CUBEJS_MAX_REQUEST_SIZE); None: no bound.
+        self.max_body_size = max_body_size
         # A connection silent this long is closed (Twisted's default is 12 hours: a client that
         # declares a body and never sends it would hold its connection that long).
         kwargs.setdefault("timeout", IDLE_TIMEOUT)

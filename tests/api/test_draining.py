@@ -1,6 +1,7 @@
 """Graceful shutdown against a real listening port and a real HTTP client (treq)."""
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -346,3 +349,39 @@ class DrainingTests(TestCase):
 
     def test_request_factory_must_count(self) -> None:
         self.assertRaises(TypeError, DrainingSite, Resource(), requestFactory=Request)
+
+
+class BodyLengthResource(Resource):
+    """Answers with how many bytes of the request body the site kept."""
+
+    isLeaf = True
+
+    def render_POST(self, request: Request) -> bytes:
+        """Return the number of body bytes kept, as text."""
+        request.content.seek(0)
+        return str(len(request.content.read())).encode()
+
+
+class BoundedBodyTests(TestCase):
+    """A body over the site's max_body_size keeps limit + 1 bytes, declared or chunked."""
+
+    async def post(self, site: DrainingSite, payload: bytes) -> bytes:
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        url = f"http://127.0.0.1:{port.getHost().port}/"
+        answer = await treq.post(url, data=payload, timeout=10, persistent=False)
+        length = await treq.content(answer)
+        producer = FileBodyProducer(io.BytesIO(payload))
+        producer.length = UNKNOWN_LENGTH  # sent chunked
+        chunked = await treq.post(url, data=producer, timeout=10, persistent=False)
+        self.assertEqual(await treq.content(chunked), length)  # no Content-Length: the same bound
+        return length
+
+    async def test_body_over_the_limit_is_not_kept(self) -> None:
+        site = DrainingSite(BodyLengthResource(), max_body_size=1000)
+        self.assertEqual(await self.post(site, b"x" * 5_000_000), b"1001")
+        self.assertEqual(await self.post(site, b"y" * 1000), b"1000")
+
+    async def test_no_limit_keeps_everything(self) -> None:
+        site = DrainingSite(BodyLengthResource())
+        self.assertEqual(await self.post(site, b"z" * 300_000), b"300000")
