@@ -15,7 +15,7 @@ TRIAL_ARGS ?=
 TRIAL_JOBS ?= 2
 JOBS_ARG := $(if $(filter-out 0 1,$(TRIAL_JOBS)),-j$(TRIAL_JOBS))
 
-.PHONY: install run test bench bench-preagg clean
+.PHONY: install run test bench bench-preagg clean deb
 
 install: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: install
 PREAGG_ARGS ?=
 bench-preagg: install
 	$(BIN)/python bench/preagg_bench.py $(PREAGG_ARGS)
+
+# The Debian package (README: Install on Debian): build/deb/<source hash>/cubed_*.deb, linted.
+deb:
+	tests/package/build-deb
 
 clean:
 	rm -rf $(VENV) _trial_temp _trial_temp.lock var build dist *.egg-info

@@ -7,12 +7,13 @@ stop listening, drain in-flight requests, then close the database pools.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application import service, strports
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -70,6 +71,73 @@ class BackendsService(service.Service):
         """Return a Deferred firing once every driver is closed."""
         super().stopService()
         return DeferredList([maybeDeferred(d.close) for d in self.drivers.values()], consumeErrors=True)
+
+
+class ModelReloader(service.Service):
+    """SIGHUP (``systemctl reload cubed``) reloads the model: it compiles in a thread while the
+    current model keeps answering, then replaces it; a broken model is logged and the current
+    one kept. Requests are never interrupted. A SIGHUP during a reload runs one more after it.
+    systemd hears RELOADING=1 and READY=1 around each reload (cubed.systemd)."""
+
+    name = "model-reloader"
+    log = Logger()
+
+    def __init__(self, registry: Any, notifier: Any, reactor: Any, listen: str) -> None:
+        self.registry = registry
+        self.notifier = notifier
+        self.reactor = reactor
+        self.listen = listen
+        self._reloading: Deferred[None] | None = None
+        self._again = False
+        self._previous_handler: Any = None
+
+    def startService(self) -> None:
+        """Handle SIGHUP from now on; returns nothing."""
+        super().startService()
+        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+
+    def stopService(self) -> None:
+        """Give SIGHUP back to its previous handler; returns nothing."""
+        super().stopService()
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGHUP, self._previous_handler)
+            self._previous_handler = None
+
+    def _on_sighup(self, signum: int, frame: Any) -> None:
+        # A signal handler may not touch the reactor's state: hand the reload over to it.
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> Deferred[None]:
+        """Reload the model; the Deferred fires (never fails) once it has been taken or refused."""
+        if self._reloading is not None:
+            self._again = True
+            return self._reloading
+        self._reloading = ensureDeferred(self._reload())
+        return self._reloading
+
+    async def _reload(self) -> None:
+        try:
+            again = True
+            while again:
+                self._again = False
+                old = self.registry.current.model.version
+                self.notifier.reloading(f"Reloading the model from {self.registry.directory}")
+                self.log.info("SIGHUP: reloading the model from {directory} (serving version {version})",
+                              directory=str(self.registry.directory), version=old)
+                try:
+                    compiled = await self.registry.reload()
+                except ModelError as error:
+                    self.log.error("model reload failed, still serving version {version}: {error}",
+                                   version=old, error=str(error))
+                except Exception:
+                    self.log.failure("model reload failed, still serving version {version}", version=old)
+                else:
+                    self.log.info("model reloaded: version {old} -> {version} ({cubes} cubes and views)",
+                                  old=old, version=compiled.model.version, cubes=len(compiled.model.cubes))
+                self.notifier.ready(f"Serving model {self.registry.current.model.version} on {self.listen}")
+                again = self._again
+        finally:
+            self._reloading = None
 
 
 def _environment(options: Mapping[str, Any]) -> dict[str, str]:
@@ -183,6 +251,7 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
     """Return the root service of a cubed server, built from options, environment and ``.env``."""
     from twisted.internet import reactor
 
+    from cubed import systemd
     from cubed.config import load_settings
 
     try:
@@ -197,15 +266,23 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
         server = build_server(settings, reactor)
     except (ConfigError, ModelError) as error:
         raise SystemExit(f"cubed: {error}") from None
+    # Socket-activated (cubed.socket): the socket systemd passed, whatever PORT says.
+    listen = systemd.activation_listen(settings.listen)
     try:
-        listener = strports.service(settings.listen, server.site)
+        listener = strports.service(listen, server.site)
     except Exception as error:  # e.g. systemd:... without a socket passed by systemd
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        if settings.listen.startswith("systemd:") and isinstance(error, (IndexError, KeyError)):
+        if listen.startswith("systemd:") and isinstance(error, (IndexError, KeyError)):
             reason = "no such socket passed by systemd (LISTEN_FDS)"
-        raise SystemExit(f"cubed: cannot listen on {settings.listen}: {reason}") from None
+        raise SystemExit(f"cubed: cannot listen on {listen}: {reason}") from None
     listener.setName("http")
+    # sd_notify (Type=notify): READY=1 once the port listens; STOPPING=1 at shutdown.
+    notifier = systemd.Notifier.from_environment()
+    listener.endpoint = systemd.NotifyingEndpoint(listener.endpoint, lambda port: notifier.ready(
+        f"Serving model {server.registry.current.model.version} on {listen}"))
     server.root.add_listener(listener)
+    systemd.SystemdService(notifier, reactor).setServiceParent(server.root)
+    ModelReloader(server.registry, notifier, reactor, listen).setServiceParent(server.root)
     Logger().info("cubed serving {model} on {listen} ({mode})", model=str(settings.resolved_schema_path),
-                  listen=settings.listen, mode="dev mode" if settings.dev_mode else "production")
+                  listen=listen, mode="dev mode" if settings.dev_mode else "production")
     return server.root
