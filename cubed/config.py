@@ -22,6 +22,8 @@ from cubed.errors import ConfigError
 DB_TYPES = ("duckdb", "postgres", "sqlite", "mysql")
 CACHE_AND_QUEUE_DRIVERS = ("memory", "redis")
 LOG_FORMATS = ("text", "json")
+API_SCOPES = ("graphql", "meta", "data", "sql", "jobs")
+DEFAULT_API_SCOPES = ("graphql", "meta", "data", "sql")
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "")
@@ -91,6 +93,7 @@ class Settings:
     log_level: str = "info"
     metrics_enabled: bool = True
     metrics_token: str | None = None
+    default_api_scopes: tuple[str, ...] = DEFAULT_API_SCOPES
     extra: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -457,8 +460,21 @@ def load_settings(
         log_level=reader.choice("CUBEJS_LOG_LEVEL", "info", LOG_LEVELS, fold=True),
         metrics_enabled=reader.bool("CUBED_METRICS", True),
         metrics_token=reader.str("CUBED_METRICS_TOKEN"),
+        default_api_scopes=_api_scopes(reader.list("CUBEJS_DEFAULT_API_SCOPES")),
         extra=merged,
     )
+
+
+def _api_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
+    """Return the scopes of CUBEJS_DEFAULT_API_SCOPES (Cube's defaults when unset); a name
+    that is no scope stops start-up rather than silently closing routes."""
+    if not scopes:
+        return DEFAULT_API_SCOPES
+    for scope in scopes:
+        if scope not in API_SCOPES:
+            raise ConfigError(f'Value "{scope}" is not valid for CUBEJS_DEFAULT_API_SCOPES. '
+                              f'Must be a comma-separated list of: {", ".join(API_SCOPES)}.')
+    return scopes
 
 
 def _identifier(value: str | None, key: str) -> str | None:

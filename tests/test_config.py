@@ -352,6 +352,11 @@ class InvalidSettingTests(ProjectMixin, unittest.TestCase):
         for value in ("big", "0", "-1mb", "10tb"):
             self.assertRejected({"CUBEJS_MAX_REQUEST_SIZE": value}, "CUBEJS_MAX_REQUEST_SIZE", value=value)
 
+    def test_default_api_scopes(self) -> None:
+        self.assertRejected({"CUBEJS_DEFAULT_API_SCOPES": "meta,dta"}, "CUBEJS_DEFAULT_API_SCOPES", value="dta")
+        self.assertEqual(self.load({"CUBEJS_DEFAULT_API_SCOPES": "meta, jobs"}).default_api_scopes, ("meta", "jobs"))
+        self.assertEqual(self.load({}).default_api_scopes, ("graphql", "meta", "data", "sql"))
+
     def test_base_path(self) -> None:
         self.assertRejected({"CUBEJS_BASE_PATH": "api"}, "CUBEJS_BASE_PATH")
         self.assertRejected({"CUBEJS_BASE_PATH": "/api/"}, "CUBEJS_BASE_PATH")

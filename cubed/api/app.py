@@ -23,7 +23,7 @@ from cubed.api.errors import error_body
 from cubed.api.gateway import Gateway, RequestContext
 from cubed.api.health import CachedProbe
 from cubed.api.openapi import openapi_document, openapi_paths
-from cubed.config import Settings
+from cubed.config import API_SCOPES, Settings
 from cubed.errors import AuthError, ContinueWait, UserError
 from cubed.query.request import CACHE_MODES
 from cubed.hooks import HookError, Hooks, call_hook
@@ -38,8 +38,6 @@ CORS_METHODS = b"GET,HEAD,PUT,PATCH,POST,DELETE"
 THREADED_ENCODE_ROWS = 2000
 
 Handler = Callable[[IRequest, RequestContext], Awaitable[Any]]
-API_SCOPES = ("graphql", "meta", "data", "sql", "jobs")
-DEFAULT_API_SCOPES = ("graphql", "meta", "data", "sql")
 
 
 def _request_dict(request: IRequest) -> dict[str, Any]:
@@ -102,8 +100,7 @@ class CubedApi:
         self.auth = authenticator
         self.hooks = hooks
         self.metrics = metrics if metrics is not None else Metrics.disabled()
-        self.default_scopes = tuple(settings.extra.get("CUBEJS_DEFAULT_API_SCOPES", "").replace(" ", "").split(",")) \
-            if settings.extra.get("CUBEJS_DEFAULT_API_SCOPES") else DEFAULT_API_SCOPES
+        self.default_scopes = settings.default_api_scopes
         self.readiness = readiness
         self.liveness = liveness
         self.reactor = reactor

@@ -73,6 +73,20 @@ class RefreshScheduler:
                                 "(dicts like {'securityContext': {...}})")
         return [dict(c) for c in found]
 
+    async def context_timezones(self, context: Mapping[str, Any]) -> tuple[str, ...]:
+        """Return the time zones a pass builds for one context: what the
+        ``scheduled_refresh_time_zones`` hook returns for it, else CUBEJS_SCHEDULED_REFRESH_TIMEZONES."""
+        hook = self.hooks.scheduled_refresh_time_zones
+        if hook is None:
+            return self.timezones
+        found = await call_hook("scheduled_refresh_time_zones", hook, context)
+        if not isinstance(found, (list, tuple)) or not found or not all(isinstance(z, str) for z in found):
+            raise InternalError("scheduled_refresh_time_zones must return a non-empty list of time zone names")
+        try:
+            return querying_timezones({"timezones": list(found)}, self.timezones)
+        except UserError as error:
+            raise InternalError(f"scheduled_refresh_time_zones: {error}") from None
+
     async def run_pass(self, timezones: Sequence[str] | None = None,
                        contexts: list[Mapping[str, Any]] | None = None) -> RefreshProgress:
         """Run one pass; return the state of every pre-aggregation table it looked at."""
@@ -91,10 +105,10 @@ class RefreshScheduler:
     async def _run_pass(self, timezones: Sequence[str] | None,
                         contexts: list[Mapping[str, Any]] | None) -> RefreshProgress:
         request_id = f"scheduler-{uuid.uuid4()}-span-1"  # one interaction: keys are read afresh once
-        zones = tuple(timezones or self.timezones)
         states: list[TargetState] = []
         for context in contexts if contexts is not None else await self.contexts():
             hooks_context = {"securityContext": {}, **context, "requestId": request_id}
+            zones = tuple(timezones) if timezones else await self.context_timezones(hooks_context)
             tenant = await self.tenants.resolve(hooks_context)
             compiled = tenant.compiled
             orchestrator = tenant.orchestrator

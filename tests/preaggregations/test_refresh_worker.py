@@ -157,7 +157,7 @@ class FakeWarehouse:
         return list(self.building)
 
 
-class OrphanedRefreshJobTests(unittest.TestCase):
+class SchedulerOnFakeClock:
     """Refresh passes of RefreshScheduler over an Orchestrator on a fake clock and the memory
     store; one build at a time (concurrency 1), so the other partitions wait in the queue."""
 
@@ -228,6 +228,10 @@ class OrphanedRefreshJobTests(unittest.TestCase):
         # Only the newest partition is being built; the two others wait for the only slot.
         self.assertEqual([self.logical_of(t) for t in self.warehouse.running], PARTITIONS[:1])
 
+
+class OrphanedRefreshJobTests(SchedulerOnFakeClock, unittest.TestCase):
+    """Jobs queued by a pass and not renewed are dropped; renewed ones complete."""
+
     def test_jobs_nobody_renews_are_dropped_and_the_running_one_cancelled(self) -> None:
         progress = self.run_pass()
         self.check_first_pass(progress)
@@ -292,6 +296,40 @@ class OrphanedRefreshJobTests(unittest.TestCase):
 
 
 # -- one pass at a time ---------------------------------------------------------------------
+class RefreshTimeZonesHookTests(SchedulerOnFakeClock, unittest.TestCase):
+    """``scheduled_refresh_time_zones`` chooses the zones a pass builds, per context."""
+
+    def test_the_hook_chooses_the_zones_of_each_context(self) -> None:
+        seen: list[Any] = []
+
+        def zones(context: Any) -> list[str]:
+            seen.append(context["securityContext"])
+            return ["America/Los_Angeles", "Europe/Berlin"] if context["securityContext"].get("tenant") == "a" \
+                else ["Asia/Tokyo"]
+
+        self.scheduler.hooks = Hooks(scheduled_refresh_contexts=lambda: [{"securityContext": {"tenant": "a"}},
+                                                                         {"securityContext": {"tenant": "b"}}],
+                                     scheduled_refresh_time_zones=zones)
+        progress = self.run_pass()
+        self.assertEqual(seen, [{"tenant": "a"}, {"tenant": "b"}])
+        built = sorted({state.target.timezone for state in progress.states})
+        self.assertEqual(built, ["America/Los_Angeles", "Asia/Tokyo", "Europe/Berlin"])
+        # queryingOptions of /v1/run-scheduled-refresh still win over the hook.
+        d = ensureDeferred(self.scheduler.run_pass(timezones=("UTC",)))
+        for _ in range(50):
+            self.clock.advance(0)
+        self.assertEqual({s.target.timezone for s in self.successResultOf(d).states}, {"UTC"})
+
+    def test_a_bad_answer_of_the_hook_fails_the_pass_with_its_name(self) -> None:
+        from cubed.errors import InternalError
+
+        for answer in (["Mars/Olympus"], "UTC", []):
+            self.scheduler.hooks = Hooks(scheduled_refresh_time_zones=lambda context, answer=answer: answer)
+            failure = self.failureResultOf(ensureDeferred(self.scheduler.run_pass()), InternalError)
+            self.assertIn("scheduled_refresh_time_zones", str(failure.value))
+
+
+
 class GatedScheduler:
     """A RefreshScheduler stand-in whose passes last until the test fires their gate; it
     records how many passes run at once."""
