@@ -47,7 +47,7 @@ from datetime import datetime
 from typing import Any, NoReturn
 
 from cubed.config import Settings
-from cubed.errors import InternalError, UserError
+from cubed.errors import UserError
 from cubed.query import dates
 from cubed.query.types import (
     GRANULARITIES, Filter, FilterCondition, FilterGroup, OrderItem, Query, TimeDimension,
@@ -608,8 +608,9 @@ def expand_query(raw: Any, settings: Settings, now: datetime | None = None,
     getNormalizedQueries: an array is a blending query, a query whose time dimension has
     ``compareDateRange`` becomes one query per range, anything else is a regular query.
     ``now`` fixes the clock for relative dates; ``cache_mode`` is the request's ``cache``
-    parameter, which wins over the query's. Raises UserError (400) with Cube's texts, and
-    InternalError ``The query limit has been exceeded.`` for a limit above the query limit."""
+    parameter, which wins over the query's. Raises UserError (400) with Cube's texts, also
+    ``The query limit has been exceeded.`` for a limit above the query limit (Cube throws a
+    plain Error there, a 500: a client error answered as a server error)."""
     now_utc = dates.utc_now(now)
     if isinstance(raw, list):
         query_type, items = BLENDING_QUERY, raw
@@ -619,7 +620,7 @@ def expand_query(raw: Any, settings: Settings, now: datetime | None = None,
     normalized = [normalize_query(item, settings, now_utc, cache_mode) for item in items]
     for _, explicit_limit in normalized:
         if explicit_limit is not None and explicit_limit > settings.db_query_limit:
-            raise InternalError("The query limit has been exceeded.")
+            raise UserError("The query limit has been exceeded.")
     queries = [query for query, _ in normalized]
     if query_type == BLENDING_QUERY:
         granularities = _blending_granularities(queries)

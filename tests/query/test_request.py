@@ -11,7 +11,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from cubed.config import Settings
-from cubed.errors import InternalError, UserError
+from cubed.errors import UserError
 from cubed.query.request import (
     BLENDING_QUERY, COMPARE_DATE_RANGE_QUERY, REGULAR_QUERY, expand_query, normalize_query,
     parse_query_param, pivot_query, unsupported_query_type_message, validate_post_rewrite,
@@ -183,12 +183,13 @@ class NormalizationTests(unittest.TestCase):
 
 
 class LimitTests(unittest.TestCase):
-    def test_limit_above_the_query_limit_is_cubes_500(self) -> None:
-        with self.assertRaises(InternalError) as raised:
+    def test_limit_above_the_query_limit_is_a_400_with_cubes_text(self) -> None:
+        """Cube answers 500 (a plain Error); it is the client's error: 400, the same text."""
+        with self.assertRaises(UserError) as raised:
             expand_query({"measures": ["Orders.count"], "limit": 50001}, SETTINGS, NOW)
-        self.assertEqual(raised.exception.status, 500)
-        self.assertEqual(raised.exception.body(), {"error": "Error: The query limit has been exceeded."})
-        with self.assertRaises(InternalError):
+        self.assertEqual(raised.exception.status, 400)
+        self.assertEqual(raised.exception.body(), {"error": "The query limit has been exceeded."})
+        with self.assertRaises(UserError):
             expand_query({"measures": ["Orders.count"], "limit": 11}, Settings(db_query_limit=10), NOW)
 
     def test_limit_zero_is_refused_as_by_cube(self) -> None:

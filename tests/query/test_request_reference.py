@@ -901,12 +901,20 @@ def _dry_run(text: str) -> dict[str, Any]:
     return {"queryType": query_type, "normalizedQueries": normalized, "pivotQuery": pivot}
 
 
+#: Answers cubed deliberately changes (README: "Where cubed deliberately differs"): Cube's
+#: recorded answer -> cubed's. A limit above the query limit is the client's error, not a 500.
+CUBED_FIXES: dict[tuple[int, str], tuple[int, str]] = {
+    (500, "Error: The query limit has been exceeded."): (400, "The query limit has been exceeded."),
+}
+
+
 class CubeErrorTextTests(unittest.TestCase):
     """Every error text, for the input that produced it at the real Cube."""
 
     def test_recorded_errors(self) -> None:
         failures = []
-        for text, status, message in CUBE_ERRORS:
+        for text, recorded_status, recorded_message in CUBE_ERRORS:
+            status, message = CUBED_FIXES.get((recorded_status, recorded_message), (recorded_status, recorded_message))
             try:
                 expand_query(parse_query_param(json.loads(text)), Settings())
                 failures.append(f"{text}: no error, expected {message!r}")
