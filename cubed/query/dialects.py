@@ -94,6 +94,10 @@ class DuckDBDialect(SqlDialect):
 
     name = "duckdb"
 
+    def ilike(self, value: exp.Expression, pattern: exp.Expression) -> exp.Expression:
+        # DuckDB's LIKE has no default escape character: escaped wildcards need ESCAPE.
+        return exp.Escape(this=exp.ILike(this=value, expression=pattern), expression=_text("\\"))
+
     def approx_count_distinct(self, value: exp.Expression) -> exp.Expression:
         return exp.ApproxDistinct(this=value)
 

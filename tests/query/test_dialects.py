@@ -681,3 +681,23 @@ class SQLiteFunctionTests(unittest.TestCase):
         self.assertEqual(self.one("SELECT STRFTIME('%Y-%m-%dT%H:%M:%f', '2024-01-01 08:00:00') >= "
                                   "STRFTIME('%Y-%m-%dT%H:%M:%f', '2024-01-01T08:00:00.000Z')"), 1)
 
+
+
+class DuckDBLikeEscapeTests(unittest.TestCase):
+    """Escaped LIKE wildcards match themselves on DuckDB (which has no default escape)."""
+
+    def test_wildcards_in_values_are_literal(self) -> None:
+        import duckdb
+
+        from cubed.query.filters import escape_like
+
+        pattern = exp.DPipe(this=exp.DPipe(this=exp.Literal.string("%"), expression=exp.Placeholder()),
+                            expression=exp.Literal.string("%"))
+        sql = "SELECT v FROM words WHERE " + DIALECTS["duckdb"]().ilike(exp.column("v"), pattern).sql("duckdb") + " ORDER BY v"
+        connection = duckdb.connect()
+        self.addCleanup(connection.close)
+        connection.execute("CREATE TABLE words (v TEXT)")
+        connection.executemany("INSERT INTO words VALUES (?)", [["a_b"], ["aXb"], ["a%b"], ["a\\b"], ["A_B"]])
+        found = {value: [row[0] for row in connection.execute(sql, [escape_like(value)]).fetchall()]
+                 for value in ("_", "%", "\\", "a_b")}
+        self.assertEqual(found, {"_": ["A_B", "a_b"], "%": ["a%b"], "\\": ["a\\b"], "a_b": ["A_B", "a_b"]})
