@@ -82,7 +82,8 @@ class ModelReloader(service.Service):
     name = "model-reloader"
     log = Logger()
 
-    def __init__(self, registry: Any, notifier: Any, reactor: Any, listen: str) -> None:
+    def __init__(self, registry: Any, notifier: Any, reactor: Any, listen: str, heap: Any = None) -> None:
+        self.heap = heap
         self.registry = registry
         self.notifier = notifier
         self.reactor = reactor
@@ -124,6 +125,8 @@ class ModelReloader(service.Service):
                 self.notifier.reloading(f"Reloading the model from {self.registry.directory}")
                 self.log.info("SIGHUP: reloading the model from {directory} (serving version {version})",
                               directory=str(self.registry.directory), version=old)
+                if self.heap is not None:
+                    self.heap.thaw()  # the model being replaced must stay collectable
                 try:
                     compiled = await self.registry.reload()
                 except ModelError as error:
@@ -134,6 +137,8 @@ class ModelReloader(service.Service):
                 else:
                     self.log.info("model reloaded: version {old} -> {version} ({cubes} cubes and views)",
                                   old=old, version=compiled.model.version, cubes=len(compiled.model.cubes))
+                if self.heap is not None:
+                    self.heap.freeze()
                 self.notifier.ready(f"Serving model {self.registry.current.model.version} on {self.listen}")
                 again = self._again
         finally:
@@ -252,6 +257,7 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
     from twisted.internet import reactor
 
     from cubed import systemd
+    from cubed.heap import FrozenHeap
     from cubed.config import load_settings
 
     try:
@@ -282,7 +288,9 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
         f"Serving model {server.registry.current.model.version} on {listen}"))
     server.root.add_listener(listener)
     systemd.SystemdService(notifier, reactor).setServiceParent(server.root)
-    ModelReloader(server.registry, notifier, reactor, listen).setServiceParent(server.root)
+    heap = FrozenHeap(reactor)
+    heap.setServiceParent(server.root)
+    ModelReloader(server.registry, notifier, reactor, listen, heap).setServiceParent(server.root)
     Logger().info("cubed serving {model} on {listen} ({mode})", model=str(settings.resolved_schema_path),
                   listen=listen, mode="dev mode" if settings.dev_mode else "production")
     return server.root
