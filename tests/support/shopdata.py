@@ -1,8 +1,8 @@
 """The shop data set (the conformance tables users, products, orders, line_items) in a test
 PostgreSQL database - and in SQLite and MySQL/MariaDB databases for the dialect tests.
 
-The schema below is /work/shared/conformance/data/schema.sql verbatim (what the real Cube ran
-on when the conformance answers were recorded); the rows come from the gzipped CSV copies
+The schema is tests/conformance/data/schema.sql (what the real Cube ran on when the
+conformance answers were recorded); the rows come from the gzipped CSV copies
 bundled in ``cubed/demo/data``, so the tests do not depend on files outside the checkout.
 Nothing is cached: each call loads a fresh database.
 
@@ -16,6 +16,7 @@ import gzip
 import os
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 from uuid import uuid4
@@ -32,59 +33,8 @@ from tests.support.services import create_test_database
 SHOP_TABLES = tuple(table.name for table in DEMO_TABLES)
 SHOP_ROW_COUNTS = {table.name: table.rows for table in DEMO_TABLES}
 
-SCHEMA_SQL = """\
-SET client_min_messages = warning;
-DROP TABLE IF EXISTS public.line_items;
-DROP TABLE IF EXISTS public.orders;
-DROP TABLE IF EXISTS public.products;
-DROP TABLE IF EXISTS public.users;
-
-CREATE TABLE public.users (
-    id integer NOT NULL,
-    first_name text,
-    last_name text,
-    city text,
-    state text,
-    gender text,
-    company text,
-    created_at timestamp without time zone NOT NULL,
-    CONSTRAINT users_pkey PRIMARY KEY (id)
-);
-
-CREATE TABLE public.products (
-    id integer NOT NULL,
-    name text NOT NULL,
-    category text,
-    price numeric(10,2) NOT NULL,
-    created_at timestamp without time zone NOT NULL,
-    CONSTRAINT products_pkey PRIMARY KEY (id)
-);
-
-CREATE TABLE public.orders (
-    id integer NOT NULL,
-    user_id integer,
-    status text NOT NULL,
-    amount numeric(12,2),
-    created_at timestamp without time zone NOT NULL,
-    completed_at timestamp without time zone,
-    CONSTRAINT orders_pkey PRIMARY KEY (id)
-);
-
-CREATE TABLE public.line_items (
-    id integer NOT NULL,
-    order_id integer NOT NULL,
-    product_id integer NOT NULL,
-    quantity integer NOT NULL,
-    price numeric(10,2) NOT NULL,
-    created_at timestamp without time zone NOT NULL,
-    CONSTRAINT line_items_pkey PRIMARY KEY (id)
-);
-
-CREATE INDEX orders_created_at_idx ON public.orders USING btree (created_at);
-CREATE INDEX orders_user_id_idx ON public.orders USING btree (user_id);
-CREATE INDEX line_items_order_id_idx ON public.line_items USING btree (order_id);
-CREATE INDEX line_items_product_id_idx ON public.line_items USING btree (product_id);
-"""
+#: The conformance schema (what the real Cube ran on when the answers were recorded).
+SCHEMA_SQL = (Path(__file__).resolve().parents[1] / "conformance" / "data" / "schema.sql").read_text(encoding="utf-8")
 
 
 def _connect(settings: DataSourceSettings) -> Any:
