@@ -208,16 +208,23 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     tenants = Tenants(settings, hooks, registry, orchestrators, make_driver, reactor)
     default_driver = drivers[settings.default_data_source.name]
 
-    async def ready() -> None:
-        # Multi-tenant (a database per tenant): the tenants connected so far; none is healthy.
-        for driver in tenants.drivers() if hooks.driver_factory is not None else [default_driver]:
-            await driver.test_connection()
+    async def test_connections(opened: list[Any]) -> None:
+        # Concurrently (one slow tenant does not use up the probe's time), failing with the first error.
+        for ok, result in await DeferredList([maybeDeferred(d.test_connection) for d in opened], consumeErrors=True):
+            if not ok:
+                result.raiseException()
         await orchestrators.ping()
 
+    # With driver_factory every query goes to its tenant's databases (opened by the tenant's first
+    # request); the configured data sources serve none, so only the tenants' connections count.
+    async def ready() -> None:
+        # Single tenant: the default data source; multi-tenant: the tenants connected so far.
+        await test_connections(tenants.drivers() if hooks.driver_factory is not None else [default_driver])
+
     async def live() -> None:
-        for driver in drivers.values():
-            await driver.test_connection()
-        await orchestrators.ping()
+        # Cube's /livez: every data source connection already opened (none open: healthy) —
+        # without driver_factory the configured data sources, opened at start.
+        await test_connections(tenants.drivers() if hooks.driver_factory is not None else list(drivers.values()))
 
     refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones, metrics=metrics)
     api = CubedApi(
