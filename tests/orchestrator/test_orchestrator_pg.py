@@ -641,3 +641,7 @@ class RedisQueueTests(QueueTests, RedisServerTestCase):
 
 class RedisStaleCacheTests(StaleCacheTests, RedisServerTestCase):
     """Refresh keys and stale answers with the Redis store."""
+
+
+class RedisCacheModeTests(CacheModeTests, RedisServerTestCase):
+    """The other cache modes with the Redis store."""
