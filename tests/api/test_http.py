@@ -310,6 +310,18 @@ class DuckDBApiTests(unittest.TestCase):
             self.assertEqual((answer.status, answer.json()), (400, UNKNOWN_MEMBER))
             self.assertEqual(answer.header("access-control-allow-origin"), "*")
 
+    async def test_time_series_without_date_range(self) -> None:
+        """A rolling-window measure by a time dimension without a dateRange: 400 with Cube's
+        text (recorded from Cube 0.32.7, with or without a granularity)."""
+        server = await self.server()
+        for dimension in ({"dimension": "Orders.createdAt", "granularity": "day"}, {"dimension": "Orders.createdAt"}):
+            query = {"measures": ["Orders.rollingCount7d"], "timeDimensions": [dimension]}
+            for answer in (await call("GET", query_url(server, "load", query), auth(server)),
+                           await post_json(server, "load", {"query": query})):
+                self.assertEqual((answer.status, answer.json()),
+                                 (400, {"type": "UserError",
+                                        "error": "Time series queries without dateRange aren't supported"}))
+
     async def test_bad_json_body(self) -> None:
         """A POST body that is not JSON: 400 with an error message, no traceback."""
         server = await self.server()

@@ -1,5 +1,6 @@
 """``/metrics`` through a real listening server on the demo data (DuckDB): every count equals
-what the test did.
+what the test did. Stale answers are counted on PostgreSQL, whose source can be made slow on
+demand (``StaleServeMetricsTests``).
 
 The model is the test's own (written to a temporary directory) over the demo's tables, with
 refresh keys of one day, so that no refresh-key period ends between two requests of a test: a
@@ -25,6 +26,9 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from tests.api.test_http import BASE, Answer, auth, call, duckdb_settings, post_json, query_url
+from tests.orchestrator.test_orchestrator_pg import (
+    ServerTestCase, count_of, equals, load, probe_runs, stale_setup, wait_until,
+)
 from tests.support.server import RunningServer, start_server
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -409,3 +413,36 @@ class MetricsTests(unittest.TestCase):
         families = {name for name in scraped.families if name.startswith("cubed_") and not name.endswith("_created")}
         unused = {family for family in families if not any(u.startswith(family) for u in used)}
         self.assertEqual(unused, set(), "cubed metric families without a panel")
+
+
+class StaleServeMetricsTests(ServerTestCase):
+    """Stale answers counted (``result="stale"``), on PostgreSQL: the source is made slow and the
+    refresh key changed behind a cached answer (test_orchestrator_pg's ``stale_setup``)."""
+
+    async def assert_outcomes(self, server: RunningServer, **expected: int) -> None:
+        scraped = await scrape(server)
+        labels = {"orchestrator": "STANDALONE", "data_source": "default"}
+        self.assertEqual({result: scraped.value("cubed_cache_requests_total", result=result, **labels)
+                          for result in expected}, expected)
+
+    async def test_stale_if_slow(self) -> None:
+        """stale-if-slow (the default): the renewal outlasts Continue wait, the stale entry is
+        answered with slowQuery: true and counted once as stale, not as a miss; the refreshed
+        entry is then a hit."""
+        server, database, query, first = await stale_setup(self)
+        await self.assert_outcomes(server, miss=1, hit=1, stale=0)
+        stale = await load(server.url, query)
+        self.assertEqual((count_of(stale, "Tunable.count"), stale.json()["slowQuery"]), (10, True))
+        await self.assert_outcomes(server, miss=1, hit=1, stale=1)
+        await wait_until(lambda: equals(probe_runs(database, "tunable"), 2), 10, "refresh done")
+        fresh = await load(server.url, query)
+        self.assertEqual((count_of(fresh, "Tunable.count"), fresh.json()["slowQuery"]), (11, False))
+        await self.assert_outcomes(server, miss=1, hit=2, stale=1)
+
+    async def test_stale_while_revalidate(self) -> None:
+        """stale-while-revalidate: the stale entry answered at once with slowQuery: true, counted
+        once as stale."""
+        server, database, query, first = await stale_setup(self)
+        stale = await load(server.url, {**query, "cache": "stale-while-revalidate"})
+        self.assertEqual((count_of(stale, "Tunable.count"), stale.json()["slowQuery"]), (10, True))
+        await self.assert_outcomes(server, miss=1, hit=1, stale=1)

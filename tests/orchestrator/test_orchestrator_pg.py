@@ -290,6 +290,24 @@ async def equals(value: Any, expected: Any) -> bool:
     return (await value) == expected
 
 
+async def stale_setup(testcase: ServerTestCase, delay: int = 3) -> tuple[RunningServer, DataSourceSettings,
+                                                                        dict[str, Any], Answer]:
+    """Start a server on the Tunable cube (slow as control.delay says, refresh key max(id)),
+    cache its answer (one miss, then one hit), then add a row and make the source slow for
+    ``delay`` s; return the server, its database, the query and the second (cached) answer.
+    The refresh key is past its renewal threshold: the next request finds the entry stale."""
+    server, database = await testcase.start([cube("Tunable", probed("tunable", "(SELECT delay FROM control)"),
+                                                  {"sql": "SELECT max(id) FROM items", "every": "1 second"})])
+    query = {"measures": ["Tunable.count"]}
+    testcase.assertEqual(count_of(await load(server.url, query), "Tunable.count"), 10)
+    first = await load(server.url, query)  # from the cache: lastRefreshTime is the entry's time
+    testcase.assertEqual(count_of(first, "Tunable.count"), 10)
+    await pg_run(database, "INSERT INTO items (category, amount) VALUES ('odd', 11);"
+                           f"UPDATE control SET delay = {delay}")
+    await sleep(1.2)  # past the refresh key's renewal threshold
+    return server, database, query, first
+
+
 # -- the tests ------------------------------------------------------------------------------
 class ServerTestCase(unittest.TestCase):
     """A test that starts a server on a database of its own (memory store)."""
@@ -477,18 +495,8 @@ class StaleCacheTests(_Mixin):
         self.assertIs(fresh.json()["slowQuery"], False)
 
     async def stale_setup(self, delay: int = 3) -> tuple[RunningServer, DataSourceSettings, dict[str, Any], Answer]:
-        """Start a server on the Tunable cube (slow as control.delay says, refresh key max(id)),
-        cache its answer, then add a row and make the source slow; return the first answer."""
-        server, database = await self.start([cube("Tunable", probed("tunable", "(SELECT delay FROM control)"),
-                                                  {"sql": "SELECT max(id) FROM items", "every": "1 second"})])
-        query = {"measures": ["Tunable.count"]}
-        self.assertEqual(count_of(await load(server.url, query), "Tunable.count"), 10)
-        first = await load(server.url, query)  # from the cache: lastRefreshTime is the entry's time
-        self.assertEqual(count_of(first, "Tunable.count"), 10)
-        await pg_run(database, "INSERT INTO items (category, amount) VALUES ('odd', 11);"
-                               f"UPDATE control SET delay = {delay}")
-        await sleep(1.2)  # past the refresh key's renewal threshold
-        return server, database, query, first
+        """See ``stale_setup`` (the module function)."""
+        return await stale_setup(self, delay)
 
     async def test_cached_answer_while_the_queue_is_busy(self) -> None:
         """With the only execution slot taken by a slow query, a query whose answer is cached
