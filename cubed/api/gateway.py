@@ -118,7 +118,8 @@ class Gateway:
         if plan.rollup is None and orchestrator.pre_aggregations.rollup_only:
             raise UserError(ROLLUP_ONLY_NO_MATCH)
         if plan.rollup is not None:
-            tables = await orchestrator.pre_aggregations.tables_for(compiled, plan.rollup, context.request_id)
+            tables = await orchestrator.pre_aggregations.tables_for(compiled, plan.rollup, context.request_id,
+                                                                    context.security_context)
             if tables is None:
                 # The rollup has no rows to partition yet: the cube's own tables answer.
                 plan = compiled.plan_from_source(query, context.security_context)
@@ -165,10 +166,10 @@ class Gateway:
         """Return the ``/v1/sql`` body: the SQL and what it means, without running it."""
         query_type, queries = await self._normalized(raw, context)
         tenant, plans = await self._plans(queries, context)
-        bodies = [{"sql": self._sql_description(tenant, plan)} for plan in plans]
+        bodies = [{"sql": self._sql_description(tenant, plan, context)} for plan in plans]
         return bodies[0] if query_type == REGULAR else bodies
 
-    def _sql_description(self, tenant: Tenant, plan: QueryPlan) -> dict[str, Any]:
+    def _sql_description(self, tenant: Tenant, plan: QueryPlan, context: RequestContext) -> dict[str, Any]:
         compiled = tenant.compiled
         body = {
             "sql": [plan.sql.display, list(plan.sql.params)],
@@ -178,7 +179,7 @@ class Gateway:
             "cacheKeyQueries": [] if plan.rollup is not None else
             [key.cache_key_query() for key in compiled.refresh_keys.for_cubes(plan.cubes)],
             "preAggregations": [] if plan.rollup is None else
-            [tenant.orchestrator.pre_aggregations.describe(compiled, plan.rollup)],
+            [tenant.orchestrator.pre_aggregations.describe(compiled, plan.rollup, context.security_context)],
             "dataSource": plan.data_source,
             "aliasNameToMember": plan.alias_to_member,
             "external": False,

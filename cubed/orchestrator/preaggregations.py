@@ -205,9 +205,10 @@ class PreAggregationLoader:
             return (cube_key,)
         return (RefreshKey(pre_aggregation.id, data_source, Every(DEFAULT_EVERY), None, renewal_threshold(DEFAULT_EVERY)),)
 
-    def _target(self, compiled: Any, pre_aggregation: PreAggregation, zone: str,
-                partition: Partition | None) -> BuildTarget:
-        memo_key = (id(compiled), pre_aggregation.id, zone, partition.suffix if partition else None)
+    def _target(self, compiled: Any, pre_aggregation: PreAggregation, zone: str, partition: Partition | None,
+                security_context: Mapping[str, Any] | None = None) -> BuildTarget:
+        memo_key = (id(compiled), pre_aggregation.id, zone, partition.suffix if partition else None,
+                    context_key(compiled, security_context))
         found = self._targets.get(memo_key)
         if found is not None and found.pre_aggregation is pre_aggregation:
             self._targets.move_to_end(memo_key)
@@ -226,7 +227,10 @@ class PreAggregationLoader:
             raise UserError(f"Pre-aggregation {pre_aggregation.id}: its table name {logical} is too long for "
                             f"{self.drivers[data_source].dialect} ({len(logical)} characters plus "
                             f"{VERSION_SUFFIX_LENGTH} of version suffix, at most {limit}); give it a shorter sql_alias")
-        select = planner.plan_rollup_build(pre_aggregation, zone, partition.date_range if partition else None)
+        # The cubes' SQL is rendered for the security context: its values are bound parameters
+        # of the load SQL, so each context's table has its own versions (as in Cube).
+        select = planner.plan_rollup_build(pre_aggregation, zone, partition.date_range if partition else None,
+                                           security_context)
         create = select.render(lambda tree: create_table(schema, logical, tree))
         index_columns = tuple((name, tuple(self._index_column(model, pre_aggregation, c) for c in columns))
                               for name, columns in pre_aggregation.indexes)
@@ -253,37 +257,40 @@ class PreAggregationLoader:
 
     async def targets(self, compiled: Any, pre_aggregation: PreAggregation, zone: str,
                       date_range: tuple[str, str] | None = None, renew: bool = False,
-                      request_id: str = "") -> list[BuildTarget]:
-        """Return the tables a pre-aggregation has in a time zone (its partitions that hold
-        rows of ``date_range``, oldest first; none when its build range is empty)."""
+                      request_id: str = "", security_context: Mapping[str, Any] | None = None) -> list[BuildTarget]:
+        """Return the tables a pre-aggregation has in a time zone for a security context (its
+        partitions that hold rows of ``date_range``, oldest first; none when its build range
+        is empty)."""
         if pre_aggregation.partition_granularity is None or pre_aggregation.type != "rollup":
-            return [self._target(compiled, pre_aggregation, zone, None)]
-        bounds = await self.build_range(compiled, pre_aggregation, zone, renew, request_id)
+            return [self._target(compiled, pre_aggregation, zone, None, security_context)]
+        bounds = await self.build_range(compiled, pre_aggregation, zone, renew, request_id, security_context)
         if bounds is None:
             return []
         try:
             found = partitions(bounds[0], bounds[1], pre_aggregation.partition_granularity, zone)
         except ValueError as error:
             raise UserError(f"Pre-aggregation {pre_aggregation.id}: {error}; narrow its build range") from None
-        return [self._target(compiled, pre_aggregation, zone, p) for p in found if overlaps(p, date_range)]
+        return [self._target(compiled, pre_aggregation, zone, p, security_context)
+                for p in found if overlaps(p, date_range)]
 
     async def build_range(self, compiled: Any, pre_aggregation: PreAggregation, zone: str, renew: bool = False,
-                          request_id: str = "") -> tuple[datetime, datetime] | None:
+                          request_id: str = "",
+                          security_context: Mapping[str, Any] | None = None) -> tuple[datetime, datetime] | None:
         """Return the local time range a partitioned pre-aggregation covers: its
         ``build_range_start``/``_end`` (instants, shown in ``zone``) or the min and max of its
-        time dimension; None when there are no rows."""
+        time dimension over the security context's rows; None when there are no rows."""
         data_source = compiled.model.cubes[pre_aggregation.cube].data_source
         dialect = self.drivers[data_source].dialect
         keys = self.refresh_keys(compiled, pre_aggregation)
         ttl = max(10.0, min(k.renewal_threshold for k in keys))
         if pre_aggregation.build_range_start is not None or pre_aggregation.build_range_end is not None:
-            bounds_sql = compiled.planner.plan_rollup_bounds(pre_aggregation, zone)
+            bounds_sql = compiled.planner.plan_rollup_bounds(pre_aggregation, zone, security_context)
             start_text = await self._bound(data_source, pre_aggregation.build_range_start, dialect, ttl, renew,
                                            request_id, bounds_sql, 0, zone)
             end_text = await self._bound(data_source, pre_aggregation.build_range_end, dialect, ttl, renew,
                                          request_id, bounds_sql, 1, zone)
         else:
-            bounds_sql = compiled.planner.plan_rollup_bounds(pre_aggregation, zone)
+            bounds_sql = compiled.planner.plan_rollup_bounds(pre_aggregation, zone, security_context)
             row = await self._cached_row(data_source, bounds_sql, ttl, renew, request_id)
             start_text, end_text = (row[0], row[1]) if row else (None, None)
         if start_text is None or end_text is None:
@@ -372,12 +379,13 @@ class PreAggregationLoader:
         await self.cache_store.set(f"{self.orchestrator_id}:preagg_touch:{physical}", str(now), TOUCH_WINDOW)
 
     # -- the request path ----------------------------------------------------------------
-    async def tables_for(self, compiled: Any, read: Any, request_id: str) -> list[tuple[str, str]] | None:
+    async def tables_for(self, compiled: Any, read: Any, request_id: str,
+                         security_context: Mapping[str, Any] | None = None) -> list[tuple[str, str]] | None:
         """Return ``(logical, physical)`` schema-qualified names of the tables a rollup read
-        selects from (building what is missing), or None when the pre-aggregation has no
-        rows to partition."""
+        selects from for the request's security context (building what is missing), or None
+        when the pre-aggregation has no rows to partition."""
         targets = await self.targets(compiled, read.pre_aggregation, read.timezone, read.date_range,
-                                     request_id=request_id)
+                                     request_id=request_id, security_context=security_context)
         if not targets:
             return None
         if len(targets) == 1:
@@ -387,11 +395,11 @@ class PreAggregationLoader:
                                          consumeErrors=True).addErrback(_first_error)
         return [(target.qualified, f"{target.schema}.{table}") for target, table in zip(targets, tables)]
 
-    def describe(self, compiled: Any, read: Any) -> dict[str, Any]:
-        """Return the ``/v1/sql`` ``preAggregations`` entry of a rollup read (Cube's fields;
-        a partitioned rollup is shown with its whole-range load SQL)."""
+    def describe(self, compiled: Any, read: Any, security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Return the ``/v1/sql`` ``preAggregations`` entry of a rollup read for a security
+        context (Cube's fields; a partitioned rollup is shown with its whole-range load SQL)."""
         pre_aggregation = read.pre_aggregation
-        target = self._target(compiled, pre_aggregation, read.timezone, None)
+        target = self._target(compiled, pre_aggregation, read.timezone, None, security_context)
         model = compiled.model
         columns = [column_name(model, p) for p in pre_aggregation.dimensions]
         time_column = time_column_name(model, pre_aggregation)
@@ -580,6 +588,14 @@ class PreAggregationLoader:
             return TargetState(target, "queued")
         except CubedError as error:
             return TargetState(target, "failed", error.message)
+
+
+def context_key(compiled: Any, security_context: Mapping[str, Any] | None) -> str | None:
+    """Return what tells security contexts apart for a model's targets (None when its SQL
+    reads no ``SECURITY_CONTEXT``: every context builds the same tables)."""
+    if not getattr(compiled, "uses_security_context", True):
+        return None
+    return json.dumps(security_context or {}, sort_keys=True, default=str)
 
 
 def _first_error(failure: Any) -> Any:

@@ -119,7 +119,8 @@ class RefreshScheduler:
                 if not pre_aggregation.scheduled_refresh:
                     continue
                 for zone in zones:
-                    targets = await loader.targets(compiled, pre_aggregation, zone, None, True, request_id)
+                    targets = await loader.targets(compiled, pre_aggregation, zone, None, True, request_id,
+                                                   hooks_context["securityContext"])
                     for index, target in enumerate(reversed(targets)):  # newest partition first
                         priority = max(PRIORITY_MIN, -1 - index)
                         states.append(await loader.refresh_target(target, priority, request_id))

@@ -14,7 +14,7 @@ import zoneinfo
 
 import sqlglot
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlglot import exp
 
@@ -368,12 +368,13 @@ class QueryPlanner:
             rollup=read, rollup_reasons=reasons,
         )
 
-    def plan_rollup_build(self, pre_aggregation: Any, timezone: str,
-                          date_range: tuple[str, str] | None = None) -> "BuildSelect":
+    def plan_rollup_build(self, pre_aggregation: Any, timezone: str, date_range: tuple[str, str] | None = None,
+                          security_context: Mapping[str, Any] | None = None) -> "BuildSelect":
         """Return the SELECT that builds a rollup's table in ``timezone`` (one partition when
-        ``date_range`` is given: local bounds of the time dimension)."""
+        ``date_range`` is given: local bounds of the time dimension) for a security context
+        (``SECURITY_CONTEXT`` in the cubes' SQL becomes bound values, as in a query)."""
         if pre_aggregation.type == "original_sql":
-            return self._original_sql_select(pre_aggregation)
+            return self._original_sql_select(pre_aggregation, security_context)
         time_dimensions: tuple[TimeDimension, ...] = ()
         if pre_aggregation.time_dimension is not None:
             time_dimensions = (TimeDimension(pre_aggregation.time_dimension, pre_aggregation.granularity, date_range),)
@@ -385,30 +386,36 @@ class QueryPlanner:
         tree = self.joins.build(tuple(hints))
         dialect = self.dialect_for(self.model.cubes[pre_aggregation.cube].data_source)
         builder = _SqlBuilder(self.model, tree, members, query, dialect, self.joins, ordered=False,
-                              segment_columns=True)
+                              segment_columns=True, security_context=security_context)
         return BuildSelect(splice_in_lists(builder.build()), tuple(builder.params.values), dialect)
 
-    def _original_sql_select(self, pre_aggregation: Any) -> "BuildSelect":
+    def _original_sql_select(self, pre_aggregation: Any, security_context: Mapping[str, Any] | None) -> "BuildSelect":
         """Return ``SELECT * FROM <the cube's sql>``: an original_sql pre-aggregation."""
         cube_name = pre_aggregation.cube
         dialect = self.dialect_for(self.model.cubes[cube_name].data_source)
-        renderer = MemberRenderer(self.model, dialect_for(dialect))
+        params = ParamAllocator()
+        renderer = MemberRenderer(self.model, dialect_for(dialect),
+                                  context_reference=_security_reference(security_context, params, dialect))
         select = exp.select(exp.Star(), copy=False).from_(renderer.from_item(cube_name, RenderContext()), copy=False)
-        return BuildSelect(select, (), dialect)
+        return BuildSelect(splice_in_lists(select), tuple(params.values), dialect)
 
-    def plan_rollup_bounds(self, pre_aggregation: Any, timezone: str) -> RenderedSql:
+    def plan_rollup_bounds(self, pre_aggregation: Any, timezone: str,
+                           security_context: Mapping[str, Any] | None = None) -> RenderedSql:
         """Return ``SELECT min(t), max(t)`` of a rollup's time dimension as local time in
-        ``timezone`` (the range its partitions cover when it has no build range)."""
+        ``timezone`` (the range its partitions cover when it has no build range), over the
+        rows of a security context."""
         cube_name = pre_aggregation.time_dimension.partition(".")[0]
         dialect = self.dialect_for(self.model.cubes[cube_name].data_source)
         sql_dialect = dialect_for(dialect)
-        renderer = MemberRenderer(self.model, sql_dialect)
+        params = ParamAllocator()
+        renderer = MemberRenderer(self.model, sql_dialect,
+                                  context_reference=_security_reference(security_context, params, dialect))
         ctx = RenderContext()
         dimension = self._by_path("dimensions", pre_aggregation.time_dimension)
         local = sql_dialect.in_zone(renderer.dimension_sql(dimension, ctx), timezone)
         select = exp.select(exp.Min(this=local), exp.Max(this=local.copy()), copy=False).from_(
             renderer.from_item(cube_name, ctx), copy=False)
-        return render_sql(select, [], dialect)
+        return render_sql(splice_in_lists(select), params.values, dialect)
 
     def _check_ungrouped(self, tree: JoinTree, members: _Members) -> None:
         selected = {d.path for d in members.dimensions}
@@ -426,6 +433,18 @@ class QueryPlanner:
             )
         if members.measure_filters:
             raise CompileError("Measure filters aren't allowed in ungrouped query")
+
+
+def _security_reference(security_context: Mapping[str, Any] | None, params: ParamAllocator,
+                        dialect: str) -> Callable[[str, str, RenderContext], exp.Expression]:
+    """Return the context-reference renderer of SQL built outside a query (a pre-aggregation's
+    original SQL, its time bounds): ``SECURITY_CONTEXT`` only, as bound values in ``params``."""
+    def reference(text: str, cube_name: str, ctx: RenderContext) -> exp.Expression:
+        if text.startswith("SECURITY_CONTEXT."):
+            return render_security_context(text, security_context or {}, params, dialect)
+        raise CompileError(f"{text.partition('.')[0]} cannot be used here ({cube_name})")
+
+    return reference
 
 
 def _leaves(item: Any) -> Iterable[FilterCondition]:

@@ -156,3 +156,49 @@ class RollupMatchingTests(TestCase):
         self.assertIn('"orders".amount > 500 AS "orders__big"', rendered.text)  # the segment as a column
         self.assertNotIn("ORDER BY", rendered.text)
         self.assertEqual(rendered.params, ("2023-12-31T18:30:00.000Z", "2024-01-31T18:29:59.999Z"))
+
+
+TENANT_MODEL = """
+cubes:
+  - name: Orders
+    sql: "SELECT * FROM public.orders WHERE {SECURITY_CONTEXT.tenant.filter('tenant_id')}"
+    measures:
+      - {name: count, type: count}
+    dimensions:
+      - {name: id, sql: id, type: number, primary_key: true}
+      - {name: createdAt, sql: created_at, type: time}
+    pre_aggregations:
+      - {name: monthly, measures: [count], time_dimension: createdAt, granularity: month, partition_granularity: year}
+      - {name: copy, type: original_sql}
+"""
+
+
+class SecurityContextBuildTests(TestCase):
+    """A pre-aggregation's build SQL, original SQL and time bounds are rendered for a security
+    context: its values are bound parameters (1 = 1 without one), as in a query."""
+
+    def setUp(self) -> None:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        (directory / "model.yml").write_text(dedent(TENANT_MODEL))
+        self.compiled = compile_directory(directory, lambda _ds: "postgres", lambda _ds: "postgres")
+        self.planner = self.compiled.planner
+        self.monthly = self.compiled.model.pre_aggregations["Orders.monthly"]
+        self.copy = self.compiled.model.pre_aggregations["Orders.copy"]
+
+    def test_build_select_binds_the_context(self) -> None:
+        for context, condition, params in (({"tenant": "a"}, "tenant_id = $1", ("a",)),
+                                           ({"tenant": ["a", "b"]}, "tenant_id IN ($1, $2)", ("a", "b")),
+                                           (None, "1 = 1", ())):
+            rendered = self.planner.plan_rollup_build(self.monthly, "UTC", None, context).render()
+            self.assertIn(f"WHERE {condition}", rendered.display)
+            self.assertEqual(rendered.params, params)
+            original = self.planner.plan_rollup_build(self.copy, "UTC", None, context).render()
+            self.assertEqual(original.display, f'SELECT * FROM (SELECT * FROM public.orders WHERE {condition}) AS "orders"')
+            self.assertEqual(original.params, params)
+            bounds = self.planner.plan_rollup_bounds(self.monthly, "UTC", context)
+            self.assertIn(f"WHERE {condition}", bounds.display)
+            self.assertEqual(bounds.params, params)
+        partition = self.planner.plan_rollup_build(self.monthly, "UTC", ("2024-01-01T00:00:00.000",
+                                                                         "2024-12-31T23:59:59.999"), {"tenant": "a"})
+        self.assertEqual(partition.render().params, ("a", "2024-01-01T00:00:00.000Z", "2024-12-31T23:59:59.999Z"))
