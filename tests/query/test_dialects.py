@@ -424,28 +424,55 @@ class DuckDBTruncationTests(TruncationOnEnginesMixin, unittest.TestCase):
 
 
 # -- the same recorded queries on every engine -----------------------------------------------------
-#: Recorded cases run on every engine: group by and time dimensions in UTC, Los Angeles, Kolkata
-#: and Berlin across DST, every filter family, segments, joins and fan-out, ordering with NULLs,
-#: totals, ungrouped queries and rolling windows. (Users.fullName is left out: its model SQL
-#: uses ``||``, which MySQL reads as OR.)
+#: Every recorded /load case with a 200 answer, and every ``cube_bug`` case whose accept rule
+#: gives the right data (their ``accept`` data is compared instead of Cube's), run on every
+#: engine: group by and time dimensions in UTC, Los Angeles, Kolkata and Berlin across DST, every
+#: filter family, segments, joins and fan-out, ordering with NULLs, totals, ungrouped queries,
+#: rolling windows, multi-query answers (compareDateRange, blending, queryType multi) and the
+#: compact format.
 ENGINE_CASES = (
-    "010_count_users", "013_count_distinct_orders", "020_avg_lineitems", "021_min_max", "025_number_measure",
-    "033_rolling_window_month", "039_dim_time_plain", "043_dim_case", "049_dims_users_all",
-    "052_dim_category_nulls", "056_td_hour", "067_td_lineitems_second", "085_td_joined_cube",
-    "088_td_week_mid_week_range", "089_td_dims_measure_order", "090_td_no_measures", "095_f_equals_double_quote",
-    "100_f_notEquals_nullable", "101_f_notEquals_null_value", "104_f_contains_underscore",
-    "105_f_contains_double_quote", "107_f_notContains", "116_f_gt", "125_f_notSet_user_id", "128_f_set_time",
+    "009_count_bearer", "010_count_users", "012_count_distinct", "013_count_distinct_orders",
+    "014_count_distinct_lineitems", "020_avg_lineitems", "021_min_max", "023_filtered_count", "025_number_measure",
+    "033_rolling_window_month", "034_dim_string", "035_dim_string_city", "036_dim_number_int", "039_dim_time_plain",
+    "043_dim_case", "046_dim_sql_expr_fullname", "047_dim_sql_expr_status_upper", "049_dims_users_all",
+    "052_dim_category_nulls", "053_dims_two_string", "056_td_hour", "057_td_day", "067_td_lineitems_second",
+    "072_td_range_same_day", "075_td_range_future_no_granularity", "076_td_range_future_no_granularity_no_rollup",
+    "077_td_no_granularity", "085_td_joined_cube", "086_td_lineitems_by_category", "088_td_week_mid_week_range",
+    "089_td_dims_measure_order", "090_td_no_measures", "095_f_equals_double_quote", "098_f_equals_no_match",
+    "099_f_notEquals_string", "100_f_notEquals_nullable", "101_f_notEquals_null_value", "104_f_contains_underscore",
+    "105_f_contains_double_quote", "107_f_notContains", "115_f_notEquals_number", "116_f_gt", "118_f_lt",
+    "125_f_notSet_user_id", "127_f_notSet_string", "128_f_set_time", "129_f_notSet_time",
     "134_f_beforeDate_timestamp", "138_f_gt_time", "139_f_inDateRange_with_td", "140_f_boolean_true",
-    "141_f_boolean_false", "145_f_boolean_expr_equals_equivalent", "146_f_boolean_set", "148_f_measure_lt",
-    "153_f_measureFilter_op", "161_f_or_and_nested_no_rollup", "162_f_or_and_nested_joined",
-    "165_f_or_inside_and_strings", "172_segment_joined", "180_join_3_cubes_products",
-    "183_join_4_cubes_filters_equivalent", "185_fanout_users_count_revenue",
-    "189_fanout_orders_lineitems_by_status", "192_fanout_count_distinct", "196_order_array", "198_order_dim_desc",
-    "199_order_dim_asc_nulls", "205_order_by_unselected_member", "208_limit_offset", "214_total_true_offset",
-    "219_ungrouped_with_measures", "222_ungrouped_td", "227_tz_la_plain_dim", "228_tz_la_no_granularity",
-    "232_tz_kolkata_day", "233_tz_kolkata_week_dims", "235_tz_berlin_dst_autumn",
-    "237_tz_berlin_dst_autumn_rolling", "239_tz_utc_explicit", "263_compact_td", "281_rel_from_to_timestamps",
+    "141_f_boolean_false", "144_f_boolean_expr_equals", "145_f_boolean_expr_equals_equivalent",
+    "146_f_boolean_set", "148_f_measure_lt", "151_f_measure_not_selected", "153_f_measureFilter_op",
+    "156_f_or_simple_no_rollup", "157_f_and_simple", "158_f_and_simple_no_rollup", "160_f_or_and_nested_rollup",
+    "161_f_or_and_nested_no_rollup", "162_f_or_and_nested_joined", "164_f_or_measures",
+    "165_f_or_inside_and_strings", "166_f_legacy_dimension_key", "168_f_filter_on_unselected_dim",
+    "172_segment_joined", "174_segment_users_two", "177_join_2_cubes",
+    "178_join_2_cubes_dims_only", "180_join_3_cubes_products", "182_join_4_cubes_filters",
+    "183_join_4_cubes_filters_equivalent", "184_join_dims_from_dim_cube_only", "185_fanout_users_count_revenue",
+    "189_fanout_orders_lineitems_by_status", "192_fanout_count_distinct", "196_order_array",
+    "197_order_measure_asc", "198_order_dim_desc", "199_order_dim_asc_nulls", "202_order_empty_array",
+    "205_order_by_unselected_member", "208_limit_offset", "214_total_true_offset", "215_total_false",
+    "217_no_limit_returns_all_rows", "219_ungrouped_with_measures", "222_ungrouped_td", "227_tz_la_plain_dim",
+    "228_tz_la_no_granularity", "232_tz_kolkata_day", "233_tz_kolkata_week_dims", "235_tz_berlin_dst_autumn",
+    "237_tz_berlin_dst_autumn_rolling", "239_tz_utc_explicit", "243_multi_regular_post", "244_multi_regular_td",
+    "246_cdr_post", "247_cdr_three_ranges_dims", "248_cdr_timestamps", "253_blend_post",
+    "255_blend_three_queries_dims", "262_compact_regular", "263_compact_td", "265_default_response_format",
+    "280_rel_from_to_absolute", "281_rel_from_to_timestamps",
 )
+#: Left out everywhere: ``169_f_equals_empty_values`` (the right answer is a 400 error, not
+#: data: Cube's is a 500, a cube_bug; the conformance replay checks it) and ``continue_wait``
+#: (the queue's Continue-wait protocol, not query semantics: replayed on PostgreSQL by
+#: tests/conformance). Every other /load case is an error answer (the conformance replay).
+#:
+#: Cases left out on one engine, with the reason (the test is skipped with it).
+_FULL_NAME_ON_MYSQL = ("Users.fullName's model SQL joins names with ||, which MySQL reads as OR "
+                       "(the conformance model is PostgreSQL's)")
+ENGINE_EXCLUDED: dict[str, dict[str, str]] = {
+    "046_dim_sql_expr_fullname": {"mysql": _FULL_NAME_ON_MYSQL},
+    "178_join_2_cubes_dims_only": {"mysql": _FULL_NAME_ON_MYSQL},
+}
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
@@ -484,6 +511,12 @@ def same_row(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return a.keys() == b.keys() and all(same_value(comparable(a[k]), comparable(b[k])) for k in a)
 
 
+def _row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Return a hashable key of a row's comparable values (floats rounded)."""
+    values = ((name, comparable(value)) for name, value in row.items())
+    return tuple(sorted((name, round(value, 4) if isinstance(value, float) else repr(value)) for name, value in values))
+
+
 def data_differences(expected: Any, actual: Any, order: list[str]) -> list[str]:
     """Return how ``actual`` rows differ from ``expected`` (a multiset of rows; the ``order``
     members' values also in sequence); empty when equal."""
@@ -497,12 +530,20 @@ def data_differences(expected: Any, actual: Any, order: list[str]) -> list[str]:
         return [f"{len(actual)} rows, expected {len(expected)}: {json.dumps(actual[:5])[:400]}"]
     unmatched = list(actual)
     problems = []
+    # Rows with the same rounded values first (fast on large answers), then any within rounding.
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for index, candidate in enumerate(unmatched):
+        by_key.setdefault(_row_key(candidate), []).append(index)
+    taken: set[int] = set()
     for row in expected:
-        match = next((i for i, candidate in enumerate(unmatched) if same_row(row, candidate)), None)
+        match = next((i for i in by_key.get(_row_key(row), []) if i not in taken and same_row(row, unmatched[i])), None)
+        if match is None:
+            match = next((i for i, candidate in enumerate(unmatched) if i not in taken and same_row(row, candidate)), None)
         if match is None:
             problems.append(f"expected row not found: {json.dumps(row)}")
         else:
-            unmatched.pop(match)
+            taken.add(match)
+    unmatched = [candidate for i, candidate in enumerate(unmatched) if i not in taken]
     if problems:
         return problems + [f"unmatched actual rows: {json.dumps(unmatched[:5])[:600]}"]
     for index, (want, got) in enumerate(zip(expected, actual)):
@@ -522,25 +563,43 @@ def order_members(raw: Any) -> list[str]:
     return []
 
 
+def expected_results(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """Return the result objects a case expects, one per query: the recorded body (or its
+    ``results`` for a multi-query answer) - or, for a ``cube_bug`` case, the right data its
+    ``accept`` rule gives (its own data, another case's, or the first rows of Cube's)."""
+    body = case["expect"].get("body") or {}
+    accept = case.get("accept") if case.get("cube_bug") else None
+    if accept and "data" in accept:
+        return [{"data": accept["data"]}]
+    if accept and "same_data_as" in accept:
+        return expected_results(load_case(accept["same_data_as"]))
+    if accept and "first_rows_of_expected" in accept:
+        return [{**body, "data": body["data"][:accept["first_rows_of_expected"]]}]
+    return list(body["results"]) if "results" in body else [body]
+
+
 async def run_case(driver: Any, dialect: str, case: dict[str, Any]) -> list[str]:
     """Return the differences between ``case``'s recorded data and what cubed answers on
     ``driver`` (planned for ``dialect``)."""
     raw = case_query(case)
     query_type, queries = expand_query(parse_query_param(raw), Settings())
     model = compiled(dialect)
+    expected = expected_results(case)
+    if len(expected) != len(queries):
+        return [f"{len(queries)} queries, expected {len(expected)} results"]
     problems = []
-    for query in queries:
+    for index, (query, want) in enumerate(zip(queries, expected)):
         # The cubes' own tables (rollups are tested in tests/preaggregations).
         plan = model.plan_from_source(query)
         result = await driver.execute(plan.sql.text, plan.sql.params, name=case["id"])
         annotation = annotation_for(query, model.meta, False)
         data = format_data(plan, result.rows, annotation, query_type, query.response_format)
-        body = case["expect"]["body"]
-        problems += data_differences(body["data"], data, order_members(raw))
+        label = f"results[{index}]: " if len(queries) > 1 else ""
+        problems += [label + p for p in data_differences(want["data"], data, order_members(raw))]
         if query.total:
             total = await driver.execute(plan.total_sql.text, plan.total_sql.params, name=case["id"] + " total")
-            if int(total.rows[0][0]) != body["total"]:
-                problems.append(f"total {total.rows[0][0]} != {body['total']}")
+            if int(total.rows[0][0]) != want["total"]:
+                problems.append(f"{label}total {total.rows[0][0]} != {want['total']}")
     return problems
 
 
@@ -566,6 +625,10 @@ def _add_case_tests(cls: type) -> type:
     for case_id in ENGINE_CASES:
         def test(self: Any, case_id: str = case_id) -> Deferred[None]:
             return self.check(case_id)
+
+        reason = ENGINE_EXCLUDED.get(case_id, {}).get(cls.dialect)
+        if reason:
+            test.skip = reason  # type: ignore[attr-defined]
 
         test.__name__ = "test_" + case_id
         setattr(cls, test.__name__, test)
