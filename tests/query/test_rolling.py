@@ -25,7 +25,6 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -36,9 +35,10 @@ from twisted.trial import unittest
 from cubed.config import DataSourceSettings, Settings
 from cubed.drivers.factory import make_driver
 from cubed.errors import CompileError
-from cubed.model.registry import CompiledModel, compile_directory
+from cubed.model.registry import CompiledModel
 from cubed.query.request import expand_query
 from cubed.query.results import annotation_for, format_data
+from tests.query.test_dialects import model_from_yaml
 from tests.query.test_fanout import _demo_database, agree, number
 from tests.support.services import require_postgres
 from tests.support.shopdata import shop_database
@@ -322,11 +322,8 @@ CUBE_RECORDED = {
 
 
 def rolling_model(testcase: unittest.TestCase, dialect: str) -> CompiledModel:
-    """Return ROLLING_MODEL, written to a temporary directory, compiled for ``dialect``."""
-    directory = Path(testcase.mktemp())
-    directory.mkdir(parents=True)
-    (directory / "orders.yml").write_text(ROLLING_MODEL, encoding="utf-8")
-    return compile_directory(directory, lambda _ds: dialect, lambda _ds: dialect)
+    """Return ROLLING_MODEL compiled for ``dialect``."""
+    return model_from_yaml(testcase, ROLLING_MODEL, dialect)
 
 
 class RollingWindowChecks:
