@@ -187,7 +187,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
     from cubed.api.health import CachedProbe
     from cubed.drivers.factory import make_driver
     from cubed.model.registry import ModelRegistry
-    from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker
+    from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker, refresh_orphaned_timeout
     from cubed.orchestrator.registry import Orchestrators
     from cubed.hooks import load_hooks
     from cubed.metrics import Metrics
@@ -226,7 +226,9 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         # without driver_factory the configured data sources, opened at start.
         await test_connections(tenants.drivers() if hooks.driver_factory is not None else list(drivers.values()))
 
-    refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones, metrics=metrics)
+    refresher = RefreshScheduler(tenants, hooks, settings.scheduled_refresh_timezones, metrics=metrics,
+                                 build_orphaned_timeout=refresh_orphaned_timeout(settings.orphaned_timeout,
+                                                                                 settings.scheduled_refresh_timer))
     api = CubedApi(
         settings=settings,
         gateway=Gateway(settings, tenants, hooks, refresher),

@@ -464,9 +464,10 @@ class PreAggregationLoader:
         return physical
 
     def build_item(self, target: BuildTarget, content: str, values: list[Any], priority: int,
-                   request_id: str) -> QueuedQuery:
+                   request_id: str, orphaned_timeout: float | None = None) -> QueuedQuery:
         """Return the queue item building ``target`` at a content version (one per version,
-        whoever asks)."""
+        whoever asks), dropped when nobody asks for it within ``orphaned_timeout`` seconds
+        (None: the queue's)."""
         now = self.clock.seconds()
         physical = physical_name(target.logical, content, target.structure, now)
         dialect = self.drivers[target.data_source].dialect
@@ -480,7 +481,7 @@ class PreAggregationLoader:
                "statements": [[s.text, list(s.params)] for s in statements]}
         return QueuedQuery(key=digest("build", target.data_source, target.qualified, content), data_source=target.data_source,
                            sql=statements[1].text, params=list(statements[1].params), priority=priority,
-                           added_at=now, request_id=request_id, job=job)
+                           added_at=now, request_id=request_id, job=job, orphaned_timeout=orphaned_timeout)
 
     @staticmethod
     def _create_schema(schema: str, dialect: str) -> RenderedSql:
@@ -567,8 +568,10 @@ class PreAggregationLoader:
         return ResultSet((Column("dropped", "number"),), [(len(dropped),)])
 
     # -- the refresh pass ----------------------------------------------------------------
-    async def refresh_target(self, target: BuildTarget, priority: int, request_id: str) -> TargetState:
-        """Queue a build of ``target`` unless its current content is built; return its state."""
+    async def refresh_target(self, target: BuildTarget, priority: int, request_id: str,
+                             orphaned_timeout: float | None = None) -> TargetState:
+        """Queue a build of ``target`` unless its current content is built (dropped when no
+        pass asks for it again within ``orphaned_timeout``); return its state."""
         try:
             values = await self.key_values(target, True, request_id)
             content = target.content(values)
@@ -576,7 +579,7 @@ class PreAggregationLoader:
                       if v.logical == target.logical]
             if any(v.content == content and v.structure == target.structure for v in tables):
                 return TargetState(target, "done")
-            item = self.build_item(target, content, values, priority, request_id)
+            item = self.build_item(target, content, values, priority, request_id, orphaned_timeout)
             queue = self.queue(target.data_source)
             try:
                 await queue.execute(item, wait=0)

@@ -3,8 +3,8 @@
 priority order; a request waits ``continue_wait`` seconds for its result and otherwise
 answers Continue wait with the query's stage while it keeps running.
 
-A query nobody asks for again within ``orphaned_timeout`` is removed and, if running,
-cancelled (its database query too); a running query whose process stops sending heartbeats
+A query nobody asks for again within ``orphaned_timeout`` (the query's own, else the
+queue's) is removed and, if running, cancelled (its database query too); a running query whose process stops sending heartbeats
 is put back to waiting for another process. Finished results stay readable by every waiter
 for ``result_grace`` seconds (Cube hands a result to its first waiter only); an error is
 handed to the waiters of that execution only.
@@ -131,7 +131,9 @@ class QueryQueue:
         payload = await self._store(self.store.result(self.name, item.key))
         if payload is not None:
             return decode_result(payload)
-        deadline = self.clock.seconds() + self.options.orphaned_timeout
+        timeout = self.options.orphaned_timeout if item.orphaned_timeout is None else item.orphaned_timeout
+        # The stores keep the later deadline: a short-lived asker never shortens a longer one.
+        deadline = self.clock.seconds() + timeout
         await self._store(self.store.add(self.name, item, deadline))
         waiter: Deferred[str] = Deferred()
         self._waiters.setdefault(item.key, []).append(waiter)

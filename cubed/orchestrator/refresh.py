@@ -5,9 +5,13 @@ refresh worker runs a pass every ``CUBEJS_SCHEDULED_REFRESH_TIMER`` seconds from
 APScheduler TwistedScheduler, on the reactor thread, never two at once.
 
 A pass does not wait for builds: they run on the pre-aggregation queues. Each pass renews the
-orphan deadline of the builds it finds still queued; builds no pass (and no request) has asked
-for within the queue's orphan timeout are dropped, so a caller of ``/v1/run-scheduled-refresh``
-that stops calling leaves nothing behind.
+orphan deadline of the builds it finds still queued. Those builds have their own orphan timeout
+(``refresh_orphaned_timeout``: an hour as in Cube, or twice the refresh timer, or the queue's
+``CUBED_ORPHANED_TIMEOUT`` when longer), so that they outlive the interval between two passes
+(of the worker, or of a caller of ``/v1/run-scheduled-refresh`` every few minutes) and a build
+running longer than the queue's timeout is not cancelled; builds no pass (and no request) has
+asked for within it are dropped, so passes that stop leave nothing behind. Builds a request
+starts keep the queue's timeout.
 """
 from __future__ import annotations
 
@@ -28,6 +32,15 @@ from cubed.orchestrator.stores import PRIORITY_MIN
 
 
 SCHEDULER_LOGGER = "cubed.refresh.apscheduler"
+#: Seconds a build queued by a refresh pass waits for the next pass to ask for it (Cube gives
+#: refresh-scheduler jobs an hour).
+REFRESH_ORPHANED_TIMEOUT = 3600.0
+
+
+def refresh_orphaned_timeout(orphaned_timeout: float, timer: float) -> float:
+    """Return the orphan timeout of builds a refresh pass queues: at least an hour, twice the
+    refresh timer (a pass may start late or be skipped once), and never below the queue's."""
+    return max(orphaned_timeout, 2 * timer, REFRESH_ORPHANED_TIMEOUT)
 
 
 class _TwistedHandler(logging.Handler):
@@ -56,11 +69,13 @@ class RefreshScheduler:
 
     log = Logger()
 
-    def __init__(self, tenants: Any, hooks: Hooks, timezones: Sequence[str], metrics: Metrics | None = None) -> None:
+    def __init__(self, tenants: Any, hooks: Hooks, timezones: Sequence[str], metrics: Metrics | None = None,
+                 build_orphaned_timeout: float = REFRESH_ORPHANED_TIMEOUT) -> None:
         self.tenants = tenants
         self.hooks = hooks
         self.timezones = tuple(timezones)
         self.metrics = metrics if metrics is not None else Metrics.disabled()
+        self.build_orphaned_timeout = build_orphaned_timeout
         self.passes = 0
 
     async def contexts(self) -> list[Mapping[str, Any]]:
@@ -123,7 +138,8 @@ class RefreshScheduler:
                                                    hooks_context["securityContext"])
                     for index, target in enumerate(reversed(targets)):  # newest partition first
                         priority = max(PRIORITY_MIN, -1 - index)
-                        states.append(await loader.refresh_target(target, priority, request_id))
+                        states.append(await loader.refresh_target(target, priority, request_id,
+                                                                  self.build_orphaned_timeout))
         progress = RefreshProgress(tuple(states))
         self.log.info("refresh pass: {done} of {total} pre-aggregation tables current, {queued} queued, "
                       "{running} building, {failed} failed", **progress.as_json())

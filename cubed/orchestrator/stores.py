@@ -9,7 +9,7 @@ drives the memory store in tests.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Protocol
 
 from twisted.internet.defer import Deferred
@@ -37,6 +37,9 @@ class QueuedQuery:
     # False: the result goes to the waiters of this execution only and is not kept for later
     # requests (a no-cache read by a client whose retries cannot be told apart).
     keep_result: bool = True
+    # Seconds nobody may ask for this query before it is dropped as an orphan (None: the
+    # queue's ``orphaned_timeout``). Refresh-pass builds outlive the refresh interval with it.
+    orphaned_timeout: float | None = None
 
     def score(self) -> float:
         """Return the queue order of this query: higher priority first, then first come.
@@ -51,8 +54,13 @@ class QueuedQuery:
 
     @classmethod
     def decode(cls, text: str | bytes) -> "QueuedQuery":
-        """Return the QueuedQuery of a stored JSON text."""
-        return cls(**json.loads(text))
+        """Return the QueuedQuery of a stored JSON text (fields this version does not know,
+        written by a newer process sharing the store, are ignored)."""
+        data = json.loads(text)
+        return cls(**{name: value for name, value in data.items() if name in _FIELDS})
+
+
+_FIELDS = frozenset(f.name for f in fields(QueuedQuery))
 
 
 @dataclass(frozen=True)

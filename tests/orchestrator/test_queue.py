@@ -122,6 +122,24 @@ class QueueTests(TestCase):
         self.assertNotIn("c", self.db.started)
         self.assertEqual(self.successResultOf(ensureDeferred(self.queue.sizes())), (0, 1))
 
+    def test_a_query_with_its_own_orphan_timeout_outlives_the_queues(self) -> None:
+        from dataclasses import replace
+
+        self.ask_ignoring_wait(item("short", at=1), wait=1)           # running, the queue's 120 s
+        self.ask_ignoring_wait(replace(item("long", at=2), orphaned_timeout=600), wait=1)  # running
+        self.ask_ignoring_wait(replace(item("queued", at=3), orphaned_timeout=600), wait=1)  # waiting
+        self.assertEqual(self.db.running, ["short", "long"])
+        self.clock.advance(121)
+        self.assertEqual(self.db.cancelled, ["short"])
+        self.assertEqual(self.db.started, ["short", "long", "queued"])  # the freed slot
+        # Asked again with the queue's timeout (a request's poll): the longer deadline stands.
+        self.ask_ignoring_wait(item("long", at=2), wait=1)
+        self.clock.advance(600 - 122)
+        self.assertEqual(self.db.cancelled, ["short"])
+        self.clock.advance(2)
+        self.assertEqual(self.db.cancelled, ["short", "long", "queued"])
+        self.assertEqual(self.successResultOf(ensureDeferred(self.queue.sizes())), (0, 0))
+
     def test_stalled_queries_are_queued_again(self) -> None:
         self.ask_ignoring_wait(item("a"), wait=1)
         # Another process took "b" and then stopped beating.

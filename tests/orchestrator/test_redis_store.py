@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from cubed.drivers.base import Column, ResultSet
-from cubed.errors import ConfigError, ServiceUnavailable
+from cubed.errors import ConfigError, ContinueWait, ServiceUnavailable
 from cubed.orchestrator.queue import QueryQueue, QueueOptions
 from cubed.orchestrator.stores import QueuedQuery
 from tests.orchestrator.test_stores import delete_prefixed, item
@@ -190,6 +190,29 @@ class ExecutionTests(SharedRedisTestCase):
         self.assertEqual(len(executed), 1)
         self.assertEqual(await queues[0].sizes(), (0, 0))
 
+
+    async def test_a_query_with_its_own_orphan_timeout_outlives_the_queues(self) -> None:
+        from dataclasses import replace
+
+        cancelled: list[str] = []
+
+        def executor(query: QueuedQuery) -> Deferred[ResultSet]:
+            return Deferred(lambda _d: cancelled.append(query.key))
+
+        options = QueueOptions(concurrency=2, continue_wait=0.1, reconcile_interval=0.1, orphaned_timeout=0.5)
+        queue = QueryQueue(Q, self.store(), executor, options, reactor)
+        await queue.start()
+        self.addCleanup(queue.stop)
+        now = reactor.seconds()
+        short = QueuedQuery(key="short", data_source="default", sql="SELECT 1", params=[], added_at=now)
+        for query in (short, replace(short, key="long", added_at=now + 1, orphaned_timeout=2.0)):
+            await self.assertFailure(ensureDeferred(queue.execute(query, wait=0)), ContinueWait)
+        await sleep(1.0)
+        self.assertEqual(cancelled, ["short"])
+        self.assertEqual(await queue.sizes(), (0, 1))
+        await sleep(1.5)
+        self.assertEqual(cancelled, ["short", "long"])
+        self.assertEqual(await queue.sizes(), (0, 0))
 
     async def test_a_completion_between_reading_the_result_and_adding_does_not_run_it_again(self) -> None:
         executed: list[str] = []

@@ -58,6 +58,16 @@ class StoreContract:
         await self.store.add(Q, QueuedQuery(key="a", data_source="other", sql="SELECT 2", params=[]), 100.0)
         self.assertEqual(await self.store.acquire(Q, "a", "o", 2, 10.0), item("a", priority=1, at=5.0))
 
+    async def test_definitions_keep_their_own_orphan_timeout(self) -> None:
+        from dataclasses import replace
+
+        await self.store.add(Q, replace(item("a"), orphaned_timeout=3600.0), 100.0)
+        acquired = await self.store.acquire(Q, "a", "o", 2, 10.0)
+        self.assertEqual(acquired, replace(item("a"), orphaned_timeout=3600.0))
+        self.assertEqual(acquired.orphaned_timeout, 3600.0)
+        # A definition written by a newer process with fields this one does not know.
+        self.assertEqual(QueuedQuery.decode(item("b").encode()[:-1] + ',"future_field":1}'), item("b"))
+
     async def test_add_moves_the_orphan_deadline_to_the_later_one(self) -> None:
         await self.store.add(Q, item("a"), 100.0)
         await self.store.add(Q, item("a"), 50.0)  # an earlier deadline does not win

@@ -4,8 +4,9 @@ and SIGTERM in the middle of a build.
 - ``OrphanedRefreshJobTests`` (fake clock, memory store, a fake data source whose CREATE TABLE
   statements finish only when the test releases them, concurrency 1): the builds a refresh
   pass queues are dropped from the pre-aggregation queue once nobody renews them within the
-  orphan timeout (the running one cancelled in the database); passes repeated at the
-  worker's interval keep renewing them and every build completes.
+  refresh builds' orphan timeout (the running one cancelled in the database); passes repeated
+  at the worker's interval keep renewing them and every build completes, also with a timer
+  longer than the queue's orphan timeout; a build a request started keeps the queue's.
 - ``ScheduledLoopTests`` (real PostgreSQL, the whole server in this process on a real port,
   ``CUBEJS_REFRESH_WORKER=true`` with a 1 s timer): a rollup is built with no request at all,
   and rebuilt after new rows change its ``sql`` refresh key; ``/v1/load`` then reads the
@@ -45,13 +46,14 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from cubed.drivers.base import Column, ResultSet
+from cubed.errors import ContinueWait
 from cubed.hooks import Hooks
 from cubed.model.registry import compile_directory
 from cubed.orchestrator.memory import MemoryStore
 from cubed.orchestrator.orchestrator import Orchestrator
 from cubed.orchestrator.partitions import parse_table_name
 from cubed.orchestrator.queue import QueueOptions
-from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker
+from cubed.orchestrator.refresh import RefreshScheduler, RefreshWorker, refresh_orphaned_timeout
 from tests.orchestrator.test_orchestrator_pg import (
     BASE, load, pg_run, request, rows_of, server_environment, settings_of, setup_database, sleep, wait_until,
     write_model,
@@ -67,6 +69,8 @@ START = 1711929660.0
 ORPHANED_TIMEOUT = 120.0
 #: The refresh worker's default interval (CUBEJS_SCHEDULED_REFRESH_TIMER).
 WORKER_INTERVAL = 30.0
+#: The orphan timeout of the builds a pass queues (an hour: Cube's for refresh jobs).
+REFRESH_TIMEOUT = refresh_orphaned_timeout(ORPHANED_TIMEOUT, WORKER_INTERVAL)
 
 FAKE_MODEL = {
     "cubes": [{
@@ -184,12 +188,15 @@ class SchedulerOnFakeClock:
             async def resolve(self, context: Any) -> Any:
                 return tenant
 
-        self.scheduler = RefreshScheduler(Tenants(), Hooks(), ("UTC",))
+        self.scheduler = RefreshScheduler(Tenants(), Hooks(), ("UTC",), build_orphaned_timeout=REFRESH_TIMEOUT)
 
     def run_pass(self) -> Any:
         """Run one refresh pass to its end on the fake clock (the queue answers a pass's
         ``wait=0`` through a zero-delay timer); return its RefreshProgress."""
-        d = ensureDeferred(self.scheduler.run_pass())
+        return self.settle(ensureDeferred(self.scheduler.run_pass()))
+
+    def settle(self, d: Deferred[Any]) -> Any:
+        """Return the result of ``d`` once zero-delay timers of the fake clock have run."""
         for _ in range(50):
             if d.called:
                 break
@@ -239,8 +246,9 @@ class OrphanedRefreshJobTests(SchedulerOnFakeClock, unittest.TestCase):
         running = self.warehouse.running[0]
         self.assertEqual(self.stage(keys[0]).active, True)
         self.assertEqual([self.stage(k).position for k in keys[1:]], [1, 2])
-        # Just before the orphan timeout everything is still there.
-        self.advance(ORPHANED_TIMEOUT - 1)
+        # Just before the refresh builds' orphan timeout everything is still there.
+        self.assertEqual(REFRESH_TIMEOUT, 3600.0)
+        self.advance(REFRESH_TIMEOUT - 1)
         self.assertEqual(self.sizes(), (2, 1))
         self.assertEqual(self.warehouse.cancelled, [])
         # No further pass: past the deadline (and the next reconcile) the jobs are gone.
@@ -256,6 +264,11 @@ class OrphanedRefreshJobTests(SchedulerOnFakeClock, unittest.TestCase):
         self.advance(60)
         self.assertEqual(self.warehouse.started, [running])
         self.assertEqual(self.sizes(), (0, 0))
+
+    def test_refresh_orphaned_timeout(self) -> None:
+        self.assertEqual(refresh_orphaned_timeout(120, 30), 3600)     # Cube's hour
+        self.assertEqual(refresh_orphaned_timeout(120, 2400), 4800)   # twice a long timer
+        self.assertEqual(refresh_orphaned_timeout(7200, 30), 7200)    # never below the queue's
 
     def test_jobs_renewed_by_repeated_passes_complete(self) -> None:
         progress = self.run_pass()
@@ -293,6 +306,53 @@ class OrphanedRefreshJobTests(SchedulerOnFakeClock, unittest.TestCase):
         self.assertTrue(final.finished, final.as_json())
         self.assertEqual(final.as_json(), {"total": 3, "done": 3, "queued": 0, "running": 0, "failed": 0})
         self.assertEqual(self.warehouse.started, built)
+
+    def test_builds_survive_a_timer_longer_than_the_queue_orphan_timeout(self) -> None:
+        timer = 300.0  # e.g. CUBEJS_SCHEDULED_REFRESH_TIMER=5m, or a serverless caller every 5 min
+        self.scheduler.build_orphaned_timeout = refresh_orphaned_timeout(ORPHANED_TIMEOUT, timer)
+        progress = self.run_pass()
+        self.check_first_pass(progress)
+        keys = self.build_keys(progress)
+        first = self.warehouse.running[0]
+        for n in range(1, 4):
+            self.advance(timer)
+            # Between two passes nothing was dropped: the running build went on (well past the
+            # queue's 120 s) and the waiting ones kept their places.
+            self.assertEqual(self.sizes(), (2, 1), f"before pass {n + 1}")
+            self.assertEqual([self.stage(k).active for k in keys], [True, False, False])
+            again = self.run_pass()
+            self.assertEqual([s.state for s in again.states], ["running", "queued", "queued"])
+            self.assertEqual(self.build_keys(again), keys)
+        self.assertEqual(self.warehouse.cancelled, [])
+        self.assertEqual(self.warehouse.started, [first], "the running build was never restarted")
+        for _ in PARTITIONS:
+            self.warehouse.release(self.warehouse.running[0])
+            self.clock.advance(0)
+        self.assertEqual(self.loader.builds, 3)
+        # When the passes stop, the timeout still drops what nobody asks for: a new build
+        # queued by one last pass is gone after it.
+        self.advance(61)  # past the results' grace period
+        self.warehouse.tables.clear()
+        self.loader.forget_tables("default", SCHEMA)
+        last = self.run_pass()
+        self.assertEqual(self.sizes(), (2, 1))
+        self.advance(self.scheduler.build_orphaned_timeout + 1)
+        self.assertEqual(self.sizes(), (0, 0))
+        self.assertEqual(self.warehouse.cancelled, [self.warehouse.started[-1]])
+        self.assertEqual([self.stage(k) for k in self.build_keys(last)], [None, None, None])
+
+    def test_a_build_a_request_started_keeps_the_queue_orphan_timeout(self) -> None:
+        pre_aggregation = self.compiled.model.pre_aggregations["Orders.daily"]
+        targets = self.settle(ensureDeferred(self.loader.targets(self.compiled, pre_aggregation, "UTC")))
+        asked = ensureDeferred(self.loader.load(targets[-1], "request-1"))
+        self.advance(5)
+        self.failureResultOf(asked, ContinueWait)
+        [table] = self.warehouse.running
+        self.advance(ORPHANED_TIMEOUT - 6)
+        self.assertEqual(self.warehouse.cancelled, [])
+        self.advance(2)
+        self.assertEqual(self.warehouse.cancelled, [table], "nobody polled: dropped after the queue's timeout")
+        self.assertEqual(self.sizes(), (0, 0))
 
 
 # -- one pass at a time ---------------------------------------------------------------------
@@ -465,6 +525,49 @@ async def rollup_tables(database: Any) -> list[str]:
                         (SCHEMA,))
     names = [str(r[0]) for r in rows]
     return sorted(names, key=lambda n: (parse_table_name(n).updated_at if parse_table_name(n) else 0, n))
+
+
+class RunScheduledRefreshHttpTests(unittest.TestCase):
+    """``/v1/run-scheduled-refresh`` over HTTP: Continue wait with cubed's progress while the
+    build runs, then ``{"finished": true}``; the pass's build has the refresh orphan timeout."""
+
+    timeout = 60
+
+    async def test_continue_wait_with_progress_then_finished(self) -> None:
+        require_postgres()
+        database = await setup_database(self)
+        project = Path(self.mktemp()).resolve()
+        model = write_model(project, [items_cube({"name": "totals", "measures": ["count", "total"]},
+                                                 sql="SELECT * FROM items WHERE (SELECT pg_sleep(3)::text) = ''")])
+        environment = server_environment(database, model, CUBEJS_CACHE_AND_QUEUE_DRIVER="memory",
+                                         CUBEJS_REFRESH_WORKER="false", CUBEJS_SCHEDULED_REFRESH_TIMER="2400s",
+                                         CUBEJS_DEFAULT_API_SCOPES="meta,data,sql,jobs")
+        server = await start_server(self, settings_of(environment, project))
+        self.assertIsNone(server.server.worker)
+        # Twice the timer: a pass every 40 min keeps its builds.
+        self.assertEqual(server.server.refresher.build_orphaned_timeout, 4800.0)
+        url = f"{server.url}{BASE}/run-scheduled-refresh"
+        answers = []
+        for _ in range(40):
+            answer = await request("GET", url)
+            self.assertEqual(answer.status, 200, answer.text)
+            answers.append(answer.json())
+            if answers[-1] == {"finished": True}:
+                break
+            await sleep(0.25)
+        self.assertEqual(answers[-1], {"finished": True})
+        waiting = answers[:-1]
+        self.assertGreaterEqual(len(waiting), 3, answers)  # the build takes 3 s
+        for body in waiting:
+            self.assertEqual(set(body), {"error", "progress"}, body)
+            self.assertEqual(body["error"], "Continue wait")
+            progress = body["progress"]
+            self.assertEqual((progress["total"], progress["done"], progress["failed"]), (1, 0, 0), body)
+            self.assertEqual(progress["queued"] + progress["running"], 1, body)
+        self.assertEqual(waiting[-1]["progress"]["running"], 1, waiting)
+        tables = await rollup_tables(database)
+        self.assertEqual(len(tables), 1, tables)
+        self.assertEqual(server.server.orchestrators.get().pre_aggregations.builds, 1)
 
 
 class ScheduledLoopTests(unittest.TestCase):
