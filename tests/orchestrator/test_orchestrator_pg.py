@@ -337,22 +337,33 @@ class RedisServerTestCase(ServerTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        try:
-            from cubed.orchestrator import redis_store
-        except ImportError:
-            raise unittest.SkipTest("cubed.orchestrator.redis_store does not exist yet") from None
-        require_redis()
-        import cubed.orchestrator.setup
-
-        prefix = unique_redis_prefix("orchestrator")
-
-        def make_store(settings: Settings, reactor: Any, *args: Any, **kwargs: Any) -> Any:
-            return redis_store.RedisStore.from_url(settings.redis_url, reactor, prefix=prefix)
-
-        self.patch(cubed.orchestrator.setup, "make_store", make_store)
+        use_redis_store(self, "orchestrator")
 
     def store_environment(self) -> dict[str, str]:
-        return {"CUBEJS_CACHE_AND_QUEUE_DRIVER": "redis", "CUBEJS_REDIS_URL": redis_url()}
+        return redis_store_environment()
+
+
+def redis_store_environment() -> dict[str, str]:
+    """Return the variables choosing the Redis store (the shared test Redis)."""
+    return {"CUBEJS_CACHE_AND_QUEUE_DRIVER": "redis", "CUBEJS_REDIS_URL": redis_url()}
+
+
+def use_redis_store(testcase: unittest.TestCase, label: str) -> None:
+    """Make the servers ``testcase`` builds keep their Redis keys under a prefix of its own
+    (``unique_redis_prefix(label)``); skip when Redis is absent. Returns None."""
+    try:
+        from cubed.orchestrator import redis_store
+    except ImportError:
+        raise unittest.SkipTest("cubed.orchestrator.redis_store does not exist yet") from None
+    require_redis()
+    import cubed.orchestrator.setup
+
+    prefix = unique_redis_prefix(label)
+
+    def make_store(settings: Settings, reactor: Any, *args: Any, **kwargs: Any) -> Any:
+        return redis_store.RedisStore.from_url(settings.redis_url, reactor, prefix=prefix)
+
+    testcase.patch(cubed.orchestrator.setup, "make_store", make_store)
 
 
 # The groups of tests below run with each store (the classes at the end); type checkers see
