@@ -475,10 +475,17 @@ class QueueTests(_Mixin):
         """A query longer than CUBEJS_DB_QUERY_TIMEOUT (2 s) ends with an error for the client
         that polls, not with Continue wait forever; PostgreSQL stopped it."""
         server, database = await self.start([cube("Slow", probed("slow", 30))], CUBEJS_DB_QUERY_TIMEOUT="2")
-        final, waits = await poll(server.url, {"measures": ["Slow.count"]}, deadline=10)
+        started = time.monotonic()
+        final, waits = await poll(server.url, {"measures": ["Slow.count"]}, deadline=20)
         self.assertEqual(final.status, 400, final.text)
         self.assertIn("timeout", final.json()["error"], final.text)
-        self.assertTrue(1 <= len(waits) <= 4, len(waits))
+        self.assertGreaterEqual(len(waits), 1)
+        self.assertLess(time.monotonic() - started, 20, "ended by the 2 s timeout, not by the 30 s query")
+        # The cancel reaches PostgreSQL on its own connection: give a loaded machine a moment.
+        for _ in range(50):
+            if await running_probes(database, "slow") == 0:
+                break
+            await sleep(0.1)
         self.assertEqual(await running_probes(database, "slow"), 0)
 
 
