@@ -61,6 +61,10 @@ TABLE_LIST_TTL = 5.0
 STRUCTURE_PERSIST = 30 * 86400.0
 TARGET_MEMO = 20000
 REQUEST_PRIORITY = 10
+#: Seconds a build nobody waits for (queued by a refresh pass, or a rebuild behind an older
+#: table that still answers) stays queued without being asked for again (Cube gives
+#: refresh-scheduler jobs an hour).
+REFRESH_ORPHANED_TIMEOUT = 3600.0
 # _<content>_<structure>_<seconds in base 32>: 1 + 8 + 1 + 8 + 1 + 7 characters.
 VERSION_SUFFIX_LENGTH = 26
 IDENTIFIER_LIMITS = {"postgres": 63, "mysql": 64}
@@ -450,14 +454,17 @@ class PreAggregationLoader:
                 await self.touch(same_structure.physical)
                 return same_structure.physical
             raise UserError(ROLLUP_ONLY_ERROR)
-        item = self.build_item(target, content, values, REQUEST_PRIORITY, request_id)
         queue = self.queue(target.data_source)
         if same_structure is not None:
+            # Nobody waits for this rebuild (the older table answers meanwhile), so nobody would
+            # renew it: it gets a refresh pass's orphan timeout, not a request's.
+            item = self.build_item(target, content, values, REQUEST_PRIORITY, request_id, REFRESH_ORPHANED_TIMEOUT)
             background = ensureDeferred(queue.execute(item, wait=0))
             background.addErrback(lambda f: None if f.check(ContinueWait) else self.log.warn(
                 "rebuild of {table} failed: {error}", table=target.qualified, error=f.getErrorMessage()))
             await self.touch(same_structure.physical)
             return same_structure.physical
+        item = self.build_item(target, content, values, REQUEST_PRIORITY, request_id)
         result = await queue.execute(item)
         physical = str(result.rows[0][0])
         await self.touch(physical)

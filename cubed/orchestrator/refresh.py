@@ -27,16 +27,11 @@ from twisted.logger import Logger
 from cubed.errors import CubedError, InternalError, UserError
 from cubed.hooks import Hooks, call_hook
 from cubed.metrics import Metrics
-from cubed.orchestrator.preaggregations import RefreshProgress, TargetState
+from cubed.orchestrator.preaggregations import REFRESH_ORPHANED_TIMEOUT, RefreshProgress, TargetState
 from cubed.orchestrator.stores import PRIORITY_MIN
 
 
 SCHEDULER_LOGGER = "cubed.refresh.apscheduler"
-#: Seconds a build queued by a refresh pass waits for the next pass to ask for it (Cube gives
-#: refresh-scheduler jobs an hour).
-REFRESH_ORPHANED_TIMEOUT = 3600.0
-
-
 def refresh_orphaned_timeout(orphaned_timeout: float, timer: float) -> float:
     """Return the orphan timeout of builds a refresh pass queues: at least an hour, twice the
     refresh timer (a pass may start late or be skipped once), and never below the queue's."""

@@ -354,6 +354,28 @@ class OrphanedRefreshJobTests(SchedulerOnFakeClock, unittest.TestCase):
         self.assertEqual(self.warehouse.cancelled, [table], "nobody polled: dropped after the queue's timeout")
         self.assertEqual(self.sizes(), (0, 0))
 
+    def test_a_background_rebuild_outlives_the_queue_orphan_timeout(self) -> None:
+        """A request served by an older table queues a rebuild nobody waits for or renews: it
+        is not dropped after the queue's 120 s."""
+        pre_aggregation = self.compiled.model.pre_aggregations["Orders.daily"]
+        target = self.settle(ensureDeferred(self.loader.targets(self.compiled, pre_aggregation, "UTC")))[-1]
+        asked = ensureDeferred(self.loader.load(target, "request-1"))
+        self.clock.advance(0)
+        [table] = self.warehouse.running
+        self.warehouse.release(table)
+        first = self.settle(asked)
+        self.advance(3600)  # the next hour: the ``every`` key, so the content, changes
+        served = self.settle(ensureDeferred(self.loader.load(target, "request-2")))
+        self.assertEqual(served, first, "the older table answers while the new one builds")
+        [rebuild] = self.warehouse.running
+        self.assertNotEqual(rebuild, table)
+        self.advance(ORPHANED_TIMEOUT + 10)
+        self.assertEqual(self.warehouse.cancelled, [])
+        self.assertEqual(self.warehouse.running, [rebuild])
+        self.warehouse.release(rebuild)
+        self.clock.advance(0)
+        self.assertEqual(self.loader.builds, 2)
+
 
 # -- one pass at a time ---------------------------------------------------------------------
 class RefreshTimeZonesHookTests(SchedulerOnFakeClock, unittest.TestCase):
