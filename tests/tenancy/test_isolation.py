@@ -30,6 +30,10 @@ from tests.support.shopdata import shop_database
 ROW_LEVEL_MODEL = """
 cubes:
   - name: Orders
+    # A constant key: cache entries stay valid for the whole test (the default, every 10 s,
+    # would renew them whenever a test crosses a 10-second boundary).
+    refresh_key:
+      sql: SELECT 1
     sql: >
       SELECT o.* FROM public.orders o JOIN public.users u ON u.id = o.user_id
       WHERE {SECURITY_CONTEXT.state.requiredFilter('u.state')}
