@@ -20,9 +20,9 @@ from cubed.logs import RequestLogger
 from cubed.orchestrator.cache import Fetched
 from cubed.orchestrator.partitions import parse_table_name
 from cubed.query.plan import QueryPlan
-from cubed.query.request import (expand_query, normalize_query, parse_query_param, pivot_query,
-                                 rewrite_input, rewrite_output, unsupported_query_type_message,
-                                 validate_post_rewrite)
+from cubed.query.request import (check_blending_time_dimensions, expand_query, normalize_query,
+                                 parse_query_param, pivot_query, rewrite_input, rewrite_output,
+                                 unsupported_query_type_message, validate_post_rewrite)
 from cubed.query.results import annotation_for, format_data
 from cubed.query.types import Query
 from cubed.tenancy import Tenant, Tenants
@@ -86,6 +86,8 @@ class Gateway:
         the request's ``cache`` parameter when given (else the query's own)."""
         query_type, queries = await self._normalized(raw, context, cache_mode)
         tenant, plans = await self._plans(queries, context)
+        if query_type == "blendingQuery":
+            check_blending_time_dimensions(queries)
         context.log.debug("load: {count} quer{y}, type {query_type}", count=len(plans),
                           y="y" if len(plans) == 1 else "ies", query_type=query_type)
         if len(plans) == 1:

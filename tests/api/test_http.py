@@ -322,6 +322,33 @@ class DuckDBApiTests(unittest.TestCase):
                                  (400, {"type": "UserError",
                                         "error": "Time series queries without dateRange aren't supported"}))
 
+    async def test_blending_load_needs_a_granularity_in_every_query(self) -> None:
+        """A blending /v1/load whose second query has a time dimension without granularity:
+        400 with Cube's text (recorded from Cube 0.32.7); without any time dimension: 400 with
+        the text Cube meant (it answers a 500 TypeError there); /v1/sql and /v1/dry-run accept
+        both, as Cube's do; with granularities everywhere the load answers."""
+        server = await self.server()
+        by_month = {"dimension": "Orders.createdAt", "granularity": "month", "dateRange": ["2024-01-01", "2024-03-31"]}
+        second_cases = (
+            ({"measures": ["Users.count"], "timeDimensions": [{"dimension": "Users.createdAt",
+                                                               "dateRange": ["2024-01-01", "2024-03-31"]}]},
+             "Inconsistent QueryTimeDimension configuration for the blending query, granularity required: "
+             "[object Object]"),
+            ({"measures": ["Users.count"]}, "QueryTimeDimension should be specified for the blending query."),
+        )
+        for second, error in second_cases:
+            query = [{"measures": ["Orders.count"], "timeDimensions": [by_month]}, second]
+            answer = await post_json(server, "load", {"query": query, "queryType": "multi"})
+            self.assertEqual((answer.status, answer.json()), (400, {"error": error}))
+            for route in ("sql", "dry-run"):
+                answer = await post_json(server, route, {"query": query})
+                self.assertEqual(answer.status, 200, f"{route}: {answer.text}")
+        both = [{"measures": ["Orders.count"], "timeDimensions": [by_month]},
+                {"measures": ["Users.count"], "timeDimensions": [dict(by_month, dimension="Users.createdAt")]}]
+        answer = await post_json(server, "load", {"query": both, "queryType": "multi"})
+        self.assertEqual(answer.status, 200, answer.text)
+        self.assertEqual(answer.json()["queryType"], "blendingQuery")
+
     async def test_bad_json_body(self) -> None:
         """A POST body that is not JSON: 400 with an error message, no traceback."""
         server = await self.server()
