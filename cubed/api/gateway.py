@@ -20,7 +20,7 @@ from cubed.logs import RequestLogger
 from cubed.orchestrator.cache import Fetched
 from cubed.orchestrator.partitions import parse_table_name
 from cubed.query.plan import QueryPlan
-from cubed.query.request import (check_blending_time_dimensions, expand_query, normalize_query,
+from cubed.query.request import (check_blending_time_dimension, expand_query, normalize_query,
                                  parse_query_param, pivot_query, rewrite_input, rewrite_output,
                                  unsupported_query_type_message, validate_post_rewrite)
 from cubed.query.results import annotation_for, format_data
@@ -86,8 +86,6 @@ class Gateway:
         the request's ``cache`` parameter when given (else the query's own)."""
         query_type, queries = await self._normalized(raw, context, cache_mode)
         tenant, plans = await self._plans(queries, context)
-        if query_type == "blendingQuery":
-            check_blending_time_dimensions(queries)
         context.log.debug("load: {count} quer{y}, type {query_type}", count=len(plans),
                           y="y" if len(plans) == 1 else "ies", query_type=query_type)
         if len(plans) == 1:
@@ -95,6 +93,11 @@ class Gateway:
         else:
             results = await gatherResults([self._result(tenant, plan, query_type, context) for plan in plans],
                                           consumeErrors=True).addErrback(_first_error)
+        if query_type == "blendingQuery":
+            for query, result in zip(queries, results):
+                data = result["data"]
+                if data["dataset"] if isinstance(data, dict) else data:
+                    check_blending_time_dimension(query)
         if query_type != REGULAR and query_type_param is None:
             raise UserError(unsupported_query_type_message(query_type))
         if query_type_param == "multi":

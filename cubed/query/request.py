@@ -631,21 +631,21 @@ def expand_query(raw: Any, settings: Settings, now: datetime | None = None,
     return query_type, queries
 
 
-def check_blending_time_dimensions(queries: list[Query]) -> None:
-    """Refuse a blending ``/v1/load`` whose rows cannot be keyed by ``time.<granularity>``: every
-    query needs a first time dimension with a granularity (Cube checks this while shaping the
-    results, so /v1/sql and /v1/dry-run accept these queries). Raises UserError; returns nothing.
+def check_blending_time_dimension(query: Query) -> None:
+    """Refuse a query of a blending ``/v1/load`` whose rows cannot be keyed by
+    ``time.<granularity>``: it needs a first time dimension with a granularity. Cube checks
+    this while shaping each query's rows, so only a query that returned rows is refused, and
+    /v1/sql and /v1/dry-run never are. Raises UserError; returns nothing.
 
     Cube 0.32 answers a query without any time dimension with a 500 TypeError (its check
     tests the array for being present, and the normalized array is only empty): cubed answers
     the 400 Cube meant to give."""
-    for query in queries:
-        if not query.time_dimensions:
-            raise UserError("QueryTimeDimension should be specified for the blending query.")
-        if not query.time_dimensions[0].granularity:
-            # Cube interpolates the time dimension object into the text: "[object Object]".
-            raise UserError("Inconsistent QueryTimeDimension configuration for the blending query, "
-                            "granularity required: [object Object]")
+    if not query.time_dimensions:
+        raise UserError("QueryTimeDimension should be specified for the blending query.")
+    if not query.time_dimensions[0].granularity:
+        # Cube interpolates the time dimension object into the text: "[object Object]".
+        raise UserError("Inconsistent QueryTimeDimension configuration for the blending query, "
+                        "granularity required: [object Object]")
 
 
 def _blending_granularities(queries: list[Query]) -> list[str]:

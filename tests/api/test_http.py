@@ -325,8 +325,9 @@ class DuckDBApiTests(unittest.TestCase):
     async def test_blending_load_needs_a_granularity_in_every_query(self) -> None:
         """A blending /v1/load whose second query has a time dimension without granularity:
         400 with Cube's text (recorded from Cube 0.32.7); without any time dimension: 400 with
-        the text Cube meant (it answers a 500 TypeError there); /v1/sql and /v1/dry-run accept
-        both, as Cube's do; with granularities everywhere the load answers."""
+        the text Cube meant (it answers a 500 TypeError there); both only when that query
+        returned rows, as Cube checks while shaping them; /v1/sql and /v1/dry-run accept both,
+        as Cube's do; with granularities everywhere the load answers."""
         server = await self.server()
         by_month = {"dimension": "Orders.createdAt", "granularity": "month", "dateRange": ["2024-01-01", "2024-03-31"]}
         second_cases = (
@@ -343,6 +344,13 @@ class DuckDBApiTests(unittest.TestCase):
             for route in ("sql", "dry-run"):
                 answer = await post_json(server, route, {"query": query})
                 self.assertEqual(answer.status, 200, f"{route}: {answer.text}")
+        # Cube checks while shaping rows: a query that returned none is not refused.
+        empty = {"measures": ["Users.count"], "dimensions": ["Users.state"],
+                 "timeDimensions": [{"dimension": "Users.createdAt", "dateRange": ["2030-01-01", "2030-01-31"]}]}
+        answer = await post_json(server, "load", {"query": [{"measures": ["Orders.count"], "timeDimensions": [by_month]},
+                                                            empty], "queryType": "multi"})
+        self.assertEqual(answer.status, 200, answer.text)
+        self.assertEqual(answer.json()["results"][1]["data"], [])
         both = [{"measures": ["Orders.count"], "timeDimensions": [by_month]},
                 {"measures": ["Users.count"], "timeDimensions": [dict(by_month, dimension="Users.createdAt")]}]
         answer = await post_json(server, "load", {"query": both, "queryType": "multi"})
