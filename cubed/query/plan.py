@@ -173,7 +173,7 @@ class QueryPlanner:
     def _resolve(self, query: Query) -> _Members:
         dimension_filters, measure_filters = self._split_filters(query.filters)
         measures = [self._by_path("measures", m) for m in query.measures]
-        dimensions = [self._by_path("dimensions", d) for d in query.dimensions]
+        dimensions = [self._dimension_or_segment(d) for d in query.dimensions]
         segments = [self._by_path("segments", s) for s in query.segments]
         for item in dimension_filters:
             for leaf in _leaves(item):
@@ -184,8 +184,21 @@ class QueryPlanner:
         for item in measure_filters:
             for leaf in _leaves(item):
                 self._by_path("measures", leaf.member)
-        time_dimensions = [_TimeDim(td, self._by_path("dimensions", td.dimension)) for td in query.time_dimensions]
+        time_dimensions = [_TimeDim(td, self._dimension_or_segment(td.dimension)) for td in query.time_dimensions]
         return _Members(measures, dimensions, segments, time_dimensions, dimension_filters, measure_filters)
+
+    def _dimension_or_segment(self, path: str) -> Dimension:
+        """Return the dimension at ``path``; a segment there is taken as a dimension of its
+        SQL, as Cube resolves it: selected, it has no annotation, so rows of it are refused
+        as a hidden member (and no rows are not), and as a time dimension with neither
+        granularity nor date range it changes nothing."""
+        cube_name, _, name = path.partition(".")
+        cube = self.model.cubes.get(cube_name)
+        segment = cube.segments.get(name) if cube is not None and name not in cube.dimensions else None
+        if segment is None:
+            return self._by_path("dimensions", path)
+        return Dimension(cube=segment.cube, name=segment.name, type="string", sql=segment.sql, public=False,
+                         alias_of=segment.alias_of, join_path=segment.join_path)
 
     def _segment_exists(self, path: str) -> bool:
         cube_name, _, name = path.partition(".")

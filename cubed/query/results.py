@@ -26,19 +26,23 @@ HIDDEN_MEMBER = (
 
 def annotation_for(query: Query, meta: ModelMeta, show_hidden: bool) -> dict[str, dict[str, Any]]:
     """Return the ``annotation`` object of a query (visible members only)."""
-    def describe(path: str) -> dict[str, Any] | None:
+    def describe(path: str, kind: str) -> dict[str, Any] | None:
         base = ".".join(path.split(".")[:2])
         description = meta.visible_description(base, show_hidden)
-        return dict(description.annotation) if description is not None else None
+        # A member of another kind asked for here (a segment in dimensions: Cube plans its
+        # SQL) has no annotation, as in Cube.
+        if description is None or description.kind != kind:
+            return None
+        return dict(description.annotation)
 
-    measures = {m: a for m in query.measures if (a := describe(m)) is not None}
-    dimensions = {d: a for d in query.dimensions if (a := describe(d)) is not None}
-    segments = {s: a for s in query.segments if (a := describe(s)) is not None}
+    measures = {m: a for m in query.measures if (a := describe(m, "measures")) is not None}
+    dimensions = {d: a for d in query.dimensions if (a := describe(d, "dimensions")) is not None}
+    segments = {s: a for s in query.segments if (a := describe(s, "segments")) is not None}
     time_dimensions: dict[str, Any] = {}
     for td in query.time_dimensions:
         if not td.granularity:
             continue
-        described = describe(td.dimension)
+        described = describe(td.dimension, "dimensions")
         if described is None:
             continue
         time_dimensions[f"{td.dimension}.{td.granularity}"] = described

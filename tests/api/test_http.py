@@ -357,6 +357,29 @@ class DuckDBApiTests(unittest.TestCase):
         self.assertEqual(answer.status, 200, answer.text)
         self.assertEqual(answer.json()["queryType"], "blendingQuery")
 
+    async def test_a_segment_asked_as_a_dimension(self) -> None:
+        """As Cube 0.32.7 answers (recorded): a segment in ``dimensions`` is planned from its
+        SQL and has no annotation, so its rows are refused as a hidden member, and no rows are
+        an empty answer; as a time dimension with neither granularity nor date range it
+        changes nothing."""
+        server = await self.server()
+        answer = await post_json(server, "load", {"query": {"measures": ["Orders.count"], "dimensions": ["Orders.completed"]}})
+        self.assertEqual((answer.status, answer.json()), (400, {"error": (
+            "You requested hidden member: 'orders__completed'. Please make it visible using `shown: true`. "
+            "Please note primaryKey fields are `shown: false` by default: "
+            "https://cube.dev/docs/schema/reference/joins#setting-a-primary-key.")}))
+        none = {"dimensions": ["Orders.completed", "Orders.status"],
+                "filters": [{"member": "Orders.status", "operator": "equals", "values": ["nope"]}]}
+        answer = await post_json(server, "load", {"query": none})
+        self.assertEqual(answer.status, 200, answer.text)
+        self.assertEqual(answer.json()["data"], [])
+        self.assertEqual(list(answer.json()["annotation"]["dimensions"]), ["Orders.status"])
+        plain = await post_json(server, "load", {"query": {"measures": ["Orders.count"]}})
+        ignored = await post_json(server, "load", {"query": {"measures": ["Orders.count"],
+                                                            "timeDimensions": [{"dimension": "Orders.completed"}]}})
+        self.assertEqual(ignored.status, 200, ignored.text)
+        self.assertEqual(ignored.json()["data"], plain.json()["data"])
+
     async def test_bad_json_body(self) -> None:
         """A POST body that is not JSON: 400 with an error message, no traceback."""
         server = await self.server()
