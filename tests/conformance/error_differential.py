@@ -108,4 +108,5 @@ def main() -> None:
     print(f"seed {seed}: {differ} of {n} differ")
 
 
-main()
+if __name__ == "__main__":
+    main()
