@@ -7,13 +7,12 @@ stop listening, drain in-flight requests, then close the database pools.
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from twisted.application import service, strports
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -73,78 +72,6 @@ class BackendsService(service.Service):
         return DeferredList([maybeDeferred(d.close) for d in self.drivers.values()], consumeErrors=True)
 
 
-class ModelReloader(service.Service):
-    """SIGHUP (``systemctl reload cubed``) reloads the model: it compiles in a thread while the
-    current model keeps answering, then replaces it; a broken model is logged and the current
-    one kept. Requests are never interrupted. A SIGHUP during a reload runs one more after it.
-    systemd hears RELOADING=1 and READY=1 around each reload (cubed.systemd)."""
-
-    name = "model-reloader"
-    log = Logger()
-
-    def __init__(self, registry: Any, notifier: Any, reactor: Any, listen: str, heap: Any = None) -> None:
-        self.heap = heap
-        self.registry = registry
-        self.notifier = notifier
-        self.reactor = reactor
-        self.listen = listen
-        self._reloading: Deferred[None] | None = None
-        self._again = False
-        self._previous_handler: Any = None
-
-    def startService(self) -> None:
-        """Handle SIGHUP from now on; returns nothing."""
-        super().startService()
-        self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
-
-    def stopService(self) -> None:
-        """Give SIGHUP back to its previous handler; returns nothing."""
-        super().stopService()
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGHUP, self._previous_handler)
-            self._previous_handler = None
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        # A signal handler may not touch the reactor's state: hand the reload over to it.
-        self.reactor.callFromThread(self.reload)
-
-    def reload(self) -> Deferred[None]:
-        """Reload the model; the Deferred fires (never fails) once it has been taken or refused."""
-        if self._reloading is not None:
-            self._again = True
-            return self._reloading
-        self._reloading = ensureDeferred(self._reload())
-        return self._reloading
-
-    async def _reload(self) -> None:
-        try:
-            again = True
-            while again:
-                self._again = False
-                old = self.registry.current.model.version
-                self.notifier.reloading(f"Reloading the model from {self.registry.directory}")
-                self.log.info("SIGHUP: reloading the model from {directory} (serving version {version})",
-                              directory=str(self.registry.directory), version=old)
-                if self.heap is not None:
-                    self.heap.thaw()  # the model being replaced must stay collectable
-                try:
-                    compiled = await self.registry.reload()
-                except ModelError as error:
-                    self.log.error("model reload failed, still serving version {version}: {error}",
-                                   version=old, error=str(error))
-                except Exception:
-                    self.log.failure("model reload failed, still serving version {version}", version=old)
-                else:
-                    self.log.info("model reloaded: version {old} -> {version} ({cubes} cubes and views)",
-                                  old=old, version=compiled.model.version, cubes=len(compiled.model.cubes))
-                if self.heap is not None:
-                    self.heap.freeze()
-                self.notifier.ready(f"Serving model {self.registry.current.model.version} on {self.listen}")
-                again = self._again
-        finally:
-            self._reloading = None
-
-
 def _environment(options: Mapping[str, Any]) -> dict[str, str]:
     environ = dict(os.environ)
     if options.get("demo"):
@@ -173,6 +100,7 @@ class CubedServer:
     refresher: Any = None
     worker: Any = None
     metrics: Any = None
+    tenants: Any = None
 
 
 def build_server(settings: Any, reactor: Any) -> CubedServer:
@@ -258,7 +186,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
         worker.setServiceParent(root)
     return CubedServer(settings=settings, root=root, site=site, api=api, registry=registry,
                        orchestrators=orchestrators, drivers=drivers, backends=backends, refresher=refresher,
-                       worker=worker, metrics=metrics)
+                       worker=worker, metrics=metrics, tenants=tenants)
 
 
 def makeService(options: Mapping[str, Any]) -> service.IService:
@@ -267,6 +195,7 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
 
     from cubed import systemd
     from cubed.heap import FrozenHeap
+    from cubed.model.reload import ModelReloader
     from cubed.config import load_settings
 
     try:
@@ -299,7 +228,7 @@ def makeService(options: Mapping[str, Any]) -> service.IService:
     systemd.SystemdService(notifier, reactor).setServiceParent(server.root)
     heap = FrozenHeap(reactor)
     heap.setServiceParent(server.root)
-    ModelReloader(server.registry, notifier, reactor, listen, heap).setServiceParent(server.root)
+    ModelReloader(server.registry, notifier, reactor, listen, heap, server.tenants).setServiceParent(server.root)
     Logger().info("cubed serving {model} on {listen} ({mode})", model=str(settings.resolved_schema_path),
                   listen=listen, mode="dev mode" if settings.dev_mode else "production")
     return server.root

@@ -109,6 +109,8 @@ class Tenants(Service):
                               "without it every tenant would share one set of databases, queues and caches")
         self.default_app_id = settings.extra.get("CUBEJS_APP") or DEFAULT_ORCHESTRATOR_ID
         self._models: OrderedDict[str, CompiledModel] = OrderedDict()
+        # Apps whose model is to be compiled again (after SIGHUP); the old one answers until then.
+        self._stale: set[str] = set()
         self._compiling = _SingleFlight()
         self._connecting = _SingleFlight()
         self._tenant_drivers: dict[str, dict[str, Driver]] = {}
@@ -157,7 +159,7 @@ class Tenants(Service):
                 and self.hooks.pre_aggregations_schema is None:
             return self.registry.current
         cached = self._models.get(app_id)
-        if cached is not None:
+        if cached is not None and app_id not in self._stale:
             self._models.move_to_end(app_id)
             return cached
 
@@ -178,7 +180,13 @@ class Tenants(Service):
                     self.reactor, self.reactor.getThreadPool(), timed_compile, self.registry.metrics, "app", directory,
                     lambda ds: drivers[ds].dialect, lambda ds: drivers[ds].db_type, dict(context), schema)
             except ModelError as error:
+                self._stale.discard(app_id)
+                if cached is not None:
+                    self.log.error("app {app}: model reload failed, still serving version {version}: {error}",
+                                   app=app_id, version=cached.model.version, error=str(error))
+                    return cached
                 raise InternalError(f"model of app '{app_id}': {error}") from None
+            self._stale.discard(app_id)
             self._models[app_id] = compiled
             while len(self._models) > self.app_cache_size:
                 self._models.popitem(last=False)
@@ -187,6 +195,11 @@ class Tenants(Service):
             return compiled
 
         return await self._compiling.run(app_id, compile_app)
+
+    def reload_models(self) -> None:
+        """Have every model compiled per app compiled again on its app's next request (SIGHUP);
+        until then, and if the new one is broken, the current one answers. Returns nothing."""
+        self._stale = set(self._models)
 
     def drivers(self) -> list[Driver]:
         """Return the databases of every tenant connected so far (none without driver_factory)."""

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from cubed import systemd
 from cubed.model.registry import ModelRegistry
-from cubed.service import ModelReloader
+from cubed.model.reload import ModelReloader
 
 MODEL = """
 cubes:
@@ -251,7 +251,7 @@ class ModelReloaderTests(TestCase):
         from twisted.logger import formatEvent
 
         return [formatEvent(e) for e in self.events
-                if e.get("log_namespace") == "cubed.service.ModelReloader" and e["log_level"].name == level]
+                if e.get("log_namespace") == "cubed.model.reload.ModelReloader" and e["log_level"].name == level]
 
     async def test_sighup_reloads(self) -> None:
         self.reloader.startService()

@@ -10,6 +10,7 @@ from typing import Any
 import treq
 from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
+from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
 from cubed.config import load_settings
@@ -149,6 +150,36 @@ class AppTests(HookServer):
         status, body = await self.get(server, "load", {"measures": ["North.count"]}, server.token({"shop": "south"}))
         self.assertEqual(status, 400)
         self.assertEqual(body["error"], "Cube 'North' not found for path 'North.count'")
+
+    async def test_sighup_compiles_app_models_again_and_keeps_a_broken_one_out(self) -> None:
+        """SIGHUP (the ModelReloader) reaches the models compiled per app: a changed model
+        answers from the next request; a broken one is refused and the last good one answers."""
+        from cubed.model.reload import ModelReloader
+
+        models = {"north": SMALL_MODEL.replace("{NAME}", "North").replace("{COMPILE_TABLE}", "orders")}
+        server = await self.server(APPS, models)
+        token = server.token({"shop": "north"})
+        status, body = await self.get(server, "load", {"measures": ["North.count"]}, token)
+        self.assertEqual((status, body.get("data")), (200, [{"North.count": "3000"}]))
+        model_file = server.server.settings.project_dir / "models" / "north" / "model.yml"
+        model_file.write_text(dedent(SMALL_MODEL.replace("{NAME}", "North").replace("{COMPILE_TABLE}", "users")))
+
+        class Quiet:
+            def reloading(self, status: str) -> None:
+                pass
+
+            def ready(self, status: str) -> None:
+                pass
+
+        reloader = ModelReloader(server.server.registry, Quiet(), reactor, "tcp:0", None, server.server.tenants)
+        await reloader.reload()
+        status, body = await self.get(server, "load", {"measures": ["North.count"]}, token)
+        self.assertEqual((status, body.get("data")), (200, [{"North.count": "500"}]), "the app's new model")
+        model_file.write_text("cubes:\n  - name: North\n    sql_table: public.orders\n    measures: [oops\n")
+        await reloader.reload()
+        status, body = await self.get(server, "load", {"measures": ["North.count"]}, token)
+        self.assertEqual((status, body.get("data")), (200, [{"North.count": "500"}]), "the last good model")
+        self.flushLoggedErrors()
 
     async def test_compile_context_values_must_be_identifiers(self) -> None:
         models = {"south": SMALL_MODEL.replace("{NAME}", "South").replace("{COMPILE_TABLE}",
