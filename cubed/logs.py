@@ -189,15 +189,13 @@ def make_log_observer(format: str, stream: IO[Any], level: str) -> ILogObserver:
             f'Value "{format}" is not valid for CUBED_LOG_FORMAT. Must be one of: {", ".join(LOG_FORMATS)}.'
         )
     minimum = parse_level(level)
-    formatter = format_json if format == "json" else format_text
-
-    def encodable(event: Any) -> str | None:
+    def encodable_text(event: Any) -> str | None:
         # A lone surrogate from a request (valid as a JSON escape) would make the stream's
-        # strict UTF-8 writer drop the whole line: escape it instead.
-        line = formatter(event)
+        # strict UTF-8 writer drop the whole line: escape it instead. (JSON lines are ASCII.)
+        line = format_text(event)
         return line.encode("utf-8", "backslashreplace").decode("utf-8") if line else line
 
-    writer = FileLogObserver(stream, encodable)
+    writer = FileLogObserver(stream, format_json if format == "json" else encodable_text)
     return FilteringLogObserver(writer, [_MinimumLevel(minimum)])
 
 

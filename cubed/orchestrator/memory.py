@@ -114,8 +114,7 @@ class MemoryStore:
         q = self._queue(queue)
         orphaned = [k for k, deadline in q.deadlines.items() if deadline <= now]
         stalled = [k for k, beat in q.heartbeats.items() if beat < stalled_before and k in q.active]
-        for key in [k for k, (_r, expires) in q.results.items() if expires <= now]:
-            del q.results[key]
+        _drop_expired(q.results, now)
         return succeed(Expired(orphaned=orphaned, stalled=stalled))
 
     def remove(self, queue: str, key: str) -> Deferred[str | None]:
@@ -175,11 +174,8 @@ class MemoryStore:
         It runs at most once per ``SWEEP_INTERVAL`` from ``set``, so its cost is amortised.
         """
         now = self.clock.seconds()
-        expired = [key for key, (_value, expires) in self._cache.items() if expires <= now]
-        for key in expired:
-            del self._cache[key]
         self._next_sweep = now + SWEEP_INTERVAL
-        return len(expired)
+        return _drop_expired(self._cache, now)
 
     def delete(self, key: str) -> Deferred[None]:
         self._cache.pop(key, None)
@@ -188,3 +184,11 @@ class MemoryStore:
     def close(self) -> Deferred[None]:
         """Nothing to close in memory; fires at once."""
         return succeed(None)
+
+
+def _drop_expired(entries: dict[str, tuple[str, float]], now: float) -> int:
+    """Delete the ``(value, expires)`` entries expired at ``now``; return how many."""
+    expired = [key for key, (_value, expires) in entries.items() if expires <= now]
+    for key in expired:
+        del entries[key]
+    return len(expired)

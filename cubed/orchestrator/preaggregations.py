@@ -458,7 +458,8 @@ class PreAggregationLoader:
         if same_structure is not None:
             # Nobody waits for this rebuild (the older table answers meanwhile), so nobody would
             # renew it: it gets a refresh pass's orphan timeout, not a request's.
-            item = self.build_item(target, content, values, REQUEST_PRIORITY, request_id, REFRESH_ORPHANED_TIMEOUT)
+            timeout = max(REFRESH_ORPHANED_TIMEOUT, queue.options.orphaned_timeout)
+            item = self.build_item(target, content, values, REQUEST_PRIORITY, request_id, timeout)
             background = ensureDeferred(queue.execute(item, wait=0))
             background.addErrback(lambda f: None if f.check(ContinueWait) else self.log.warn(
                 "rebuild of {table} failed: {error}", table=target.qualified, error=f.getErrorMessage()))

@@ -32,6 +32,8 @@ from cubed.orchestrator.stores import PRIORITY_MIN
 
 
 SCHEDULER_LOGGER = "cubed.refresh.apscheduler"
+
+
 def refresh_orphaned_timeout(orphaned_timeout: float, timer: float) -> float:
     """Return the orphan timeout of builds a refresh pass queues: at least an hour, twice the
     refresh timer (a pass may start late or be skipped once), and never below the queue's."""
