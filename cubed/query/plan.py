@@ -485,6 +485,9 @@ class _SqlBuilder:
                  exposed: dict[str, str] | None = None, security_context: Mapping[str, Any] | None = None,
                  segment_columns: bool = False) -> None:
         self.model = model
+        # Date series by (start, end, granularity): each rolling measure reads its bounds and
+        # the series table its periods; up to MAX_SERIES_PERIODS each, built once.
+        self._series_memo: dict[tuple[str, str, str], list[tuple[str, str]]] = {}
         # A rollup's build query selects segments as boolean columns instead of filtering.
         self.segment_columns = segment_columns
         self.security_context = security_context or {}
@@ -968,7 +971,7 @@ class _SqlBuilder:
         for td in self.m.time_dimensions:
             date_range = self._series_range(td)
             field = self._converted(td, ctx)
-            series = dates.time_series(date_range[0], date_range[1], td.query.granularity, MAX_SERIES_PERIODS) \
+            series = self._time_series(date_range[0], date_range[1], td.query.granularity) \
                 if td.query.granularity else [date_range]
             start_to_end = bool(granular)
             utc_from = lambda r=date_range: self.params.allocate(dates.local_to_utc_param(r[0], self.query.timezone))  # noqa: E731
@@ -1012,6 +1015,13 @@ class _SqlBuilder:
                              on=and_all(on_parts), join_type="left", copy=False)
         return self._group_by(select, len(self.m.dimensions) + len(granular), False)
 
+    def _time_series(self, start: str, end: str, granularity: str) -> list[tuple[str, str]]:
+        key = (start, end, granularity)
+        series = self._series_memo.get(key)
+        if series is None:
+            series = self._series_memo[key] = dates.time_series(start, end, granularity, MAX_SERIES_PERIODS)
+        return series
+
     def _series_range(self, td: _TimeDim) -> tuple[str, str]:
         if not td.query.date_range:
             raise CompileError("Time series queries without dateRange aren't supported")
@@ -1019,8 +1029,7 @@ class _SqlBuilder:
 
     def _series_table(self, td: _TimeDim, alias: str) -> exp.Expression:
         assert td.query.granularity and td.query.date_range
-        periods = dates.time_series(td.query.date_range[0], td.query.date_range[1], td.query.granularity,
-                                   MAX_SERIES_PERIODS)
+        periods = self._time_series(td.query.date_range[0], td.query.date_range[1], td.query.granularity)
         values = exp.Values(
             expressions=[exp.Tuple(expressions=[exp.Literal.string(a), exp.Literal.string(b)]) for a, b in periods],
             alias=exp.TableAlias(this=exp.to_identifier("dates"),
