@@ -21,6 +21,7 @@ from cubed.model.joins import JoinGraph
 from cubed.model.loader import load_directory
 from cubed.model.meta import ModelMeta
 from cubed.model.schema import Model
+from cubed.model.templates import SECURITY_CONTEXT
 from cubed.orchestrator.refresh_keys import RefreshKeys
 from cubed.query.plan import QueryPlan, QueryPlanner
 from cubed.query.types import Query
@@ -37,7 +38,8 @@ class CompiledModel:
     meta: ModelMeta
     planner: QueryPlanner
     refresh_keys: RefreshKeys
-    uses_security_context: bool = False
+    #: The ``SECURITY_CONTEXT`` paths the model's SQL reads (plans depend on their values only).
+    security_paths: tuple[str, ...] = ()
     plan_cache_size: int = PLAN_CACHE_SIZE
     _plans: "OrderedDict[Query, QueryPlan]" = field(default_factory=OrderedDict)
 
@@ -46,7 +48,7 @@ class CompiledModel:
         reads one), from the cache when planned before."""
         key: Any = query
         if self.uses_security_context:
-            key = (query, json.dumps(security_context or {}, sort_keys=True, default=str))
+            key = (query, self.context_key(security_context))
         cached = self._plans.get(key)
         if cached is not None:
             self._plans.move_to_end(key)
@@ -56,6 +58,20 @@ class CompiledModel:
         if len(self._plans) > self.plan_cache_size:
             self._plans.popitem(last=False)
         return plan
+
+    @property
+    def uses_security_context(self) -> bool:
+        """Return whether any SQL of the model reads ``SECURITY_CONTEXT``."""
+        return bool(self.security_paths)
+
+    def context_key(self, security_context: Mapping[str, Any] | None) -> str | None:
+        """Return what tells two security contexts apart for this model: the values at the
+        paths its SQL reads (a missing key as null, which the SQL treats alike), so tokens
+        that differ only in other claims (``iat``, ``exp``) share plans; None when it reads none."""
+        if not self.security_paths:
+            return None
+        return json.dumps([_context_value(security_context or {}, path) for path in self.security_paths],
+                          sort_keys=True, default=str)
 
     def plan_from_source(self, query: Query, security_context: Mapping[str, Any] | None = None) -> QueryPlan:
         """Return the plan of a query read from the cubes' own tables, never a rollup (when
@@ -74,7 +90,7 @@ def compile_directory(directory: Path, dialect_for: Callable[[str], str], db_typ
     return CompiledModel(model=model, joins=joins, meta=ModelMeta(model, joins),
                          planner=QueryPlanner(model, joins, dialect_for, db_type_for, pre_aggregations_schema),
                          refresh_keys=RefreshKeys(model, dialect_for),
-                         uses_security_context=_reads_security_context(model))
+                         security_paths=_security_paths(model))
 
 
 def timed_compile(metrics: Metrics, trigger: str, directory: Path, dialect_for: Callable[[str], str],
@@ -92,11 +108,21 @@ def timed_compile(metrics: Metrics, trigger: str, directory: Path, dialect_for: 
     return compiled
 
 
-def _reads_security_context(model: Model) -> bool:
-    """Return whether any SQL of the model refers to SECURITY_CONTEXT (plans then depend on it)."""
-    return any(ref.text.startswith("SECURITY_CONTEXT.")
-               for cube in model.cubes.values() for _member, template in member_templates(cube)
-               for ref in template.refs)
+def _security_paths(model: Model) -> tuple[str, ...]:
+    """Return the ``SECURITY_CONTEXT`` paths any SQL of the model reads, sorted."""
+    paths = {match.group(1)
+             for cube in model.cubes.values() for _member, template in member_templates(cube)
+             for ref in template.refs if (match := SECURITY_CONTEXT.match(ref.text)) is not None}
+    return tuple(sorted(paths))
+
+
+def _context_value(context: Mapping[str, Any], path: str) -> Any:
+    value: Any = context
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return None
+        value = value[part]
+    return value
 
 
 class ModelRegistry:

@@ -604,8 +604,8 @@ class PreAggregationLoader:
 def context_key(compiled: Any, security_context: Mapping[str, Any] | None) -> str | None:
     """Return what tells security contexts apart for a model's targets (None when its SQL
     reads no ``SECURITY_CONTEXT``: every context builds the same tables)."""
-    if not getattr(compiled, "uses_security_context", True):
-        return None
+    if hasattr(compiled, "context_key"):
+        return compiled.context_key(security_context)
     return json.dumps(security_context or {}, sort_keys=True, default=str)
 
 
