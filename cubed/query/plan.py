@@ -32,7 +32,7 @@ from cubed.query.members import MemberRenderer, RenderContext, member_cubes, ref
 from cubed.query.rollup_sql import RollupRead, logical_table_name, read_builder_class, total_of
 from cubed.query.rollups import find_rollup, leaf_measures, query_shape
 from cubed.query.sql import RenderedSql, render_sql
-from cubed.query.types import FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
+from cubed.query.types import NO_VALUES_OPERATORS, FilterCondition, FilterGroup, OrderItem, Query, TimeDimension
 
 KEYS_ALIAS = "keys"
 # A rolling window's date series is part of the SQL text: beyond this many periods (the
@@ -139,10 +139,9 @@ class QueryPlanner:
         cube = self.model.cubes.get(cube_name)
         if cube is None:
             raise CompileError(f"Cube '{cube_name}' not found for path '{path}'")
-        members = getattr(cube, kind)
-        if not members:
-            raise CompileError(f"{kind} not defined for path '{path}'")
-        member = members.get(name)
+        # A YAML cube always has its member collections (empty ones too): Cube's
+        # "<kind> not defined for path" comes only from JavaScript models without them.
+        member = getattr(cube, kind).get(name)
         if member is None:
             raise CompileError(f"'{name}' not found for path '{path}'")
         return member
@@ -185,6 +184,11 @@ class QueryPlanner:
             for leaf in _leaves(item):
                 self._by_path("measures", leaf.member)
         time_dimensions = [_TimeDim(td, self._dimension_or_segment(td.dimension)) for td in query.time_dimensions]
+        for item in query.filters:
+            for leaf in _leaves(item):
+                if not leaf.values and leaf.operator not in NO_VALUES_OPERATORS:
+                    # Cube 0.32.7 fails later with a 500 (or drops the filter); newer Cube's 400.
+                    raise UserError(f"Values required for filter: {filter_json(leaf)}")
         return _Members(measures, dimensions, segments, time_dimensions, dimension_filters, measure_filters)
 
     def _dimension_or_segment(self, path: str) -> Dimension:

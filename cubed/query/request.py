@@ -50,7 +50,7 @@ from cubed.config import Settings
 from cubed.errors import UserError
 from cubed.query import dates
 from cubed.query.types import (
-    GRANULARITIES, Filter, FilterCondition, FilterGroup, OrderItem, Query, TimeDimension,
+    GRANULARITIES, NO_VALUES_OPERATORS, Filter, FilterCondition, FilterGroup, OrderItem, Query, TimeDimension,
 )
 
 REGULAR_QUERY = "regularQuery"
@@ -70,7 +70,6 @@ CACHE_MODES: tuple[str, ...] = ("stale-if-slow", "stale-while-revalidate", "must
 RESPONSE_FORMATS: tuple[str, ...] = ("default", "compact")
 
 _OPERATOR_SET = frozenset(OPERATORS)
-_NO_VALUES_OPERATORS = frozenset({"set", "notSet", "measureFilter"})
 _GRANULARITY_CHOICES = frozenset(GRANULARITIES)
 _ID = re.compile(r"[a-zA-Z0-9_]+\.[a-zA-Z0-9_]+")
 _ID_TEXT = r"/^[a-zA-Z0-9_]+\.[a-zA-Z0-9_]+$/"
@@ -408,7 +407,9 @@ def _check_filter_values(filters: list[Any]) -> None:
     for item in filters:
         if "or" in item or "and" in item:
             _check_filter_values(item.get("or", item.get("and")))
-        elif not item.get("values") and item["operator"] not in _NO_VALUES_OPERATORS:
+        elif item.get("values") is None and item["operator"] not in NO_VALUES_OPERATORS:
+            # An empty list is refused by the planner, after the members are resolved (an
+            # unknown member is reported first, as by Cube).
             raise UserError(f"Values required for filter: {_js_json(item)}")
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 GRANULARITIES: tuple[str, ...] = ("second", "minute", "hour", "day", "week", "month", "quarter", "year")
+#: Filter operators that take no values.
+NO_VALUES_OPERATORS = frozenset({"set", "notSet", "measureFilter"})
 
 
 @dataclass(frozen=True)

@@ -134,8 +134,23 @@ class PlanErrorTests(TestCase):
         self.assertPlanError(Query(measures=("Orders.nope",)), CompileError, "'nope' not found for path 'Orders.nope'")
         self.assertPlanError(Query(measures=("Nope.count",)), CompileError, "Cube 'Nope' not found for path 'Nope.count'")
         self.assertPlanError(Query(measures=("Orders.status",)), CompileError, "'status' not found for path 'Orders.status'")
+        # A cube without segments: as the real Cube 0.32.7 answers for a YAML model (recorded).
         self.assertPlanError(Query(measures=("Orders.count",), segments=("Products.x",)), CompileError,
-                             "segments not defined for path 'Products.x'")
+                             "'x' not found for path 'Products.x'")
+
+    def test_empty_values(self) -> None:
+        """Cube 0.32.7 answers 500 "Expected one parameter but nothing found" (conformance case
+        169, a Cube bug): a 400, after the member is resolved (an unknown one is named first)."""
+        from cubed.errors import UserError
+        from cubed.query.types import FilterCondition
+
+        for operator in ("equals", "contains", "gt", "inDateRange", "beforeDate"):
+            member = "Orders.createdAt" if "Date" in operator else "Orders.status"
+            self.assertPlanError(Query(measures=("Orders.count",), filters=(FilterCondition(member, operator, ()),)),
+                                 UserError, f'Values required for filter: {{"member":"{member}","operator":"{operator}",'
+                                            f'"values":[]}}')
+        self.assertPlanError(Query(measures=("Orders.count",), filters=(FilterCondition("Orders.nope", "equals", ()),)),
+                             CompileError, "'nope' not found for path 'Orders.nope'")
 
     def test_no_join_path(self) -> None:
         self.assertPlanError(Query(measures=("Orders.avgAmount", "Products.avgPrice")), CompileError,
