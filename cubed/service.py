@@ -16,6 +16,7 @@ from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python import usage
 
+from cubed.deferreds import gather
 from cubed.errors import ConfigError, ModelError
 
 
@@ -138,9 +139,7 @@ def build_server(settings: Any, reactor: Any) -> CubedServer:
 
     async def test_connections(opened: list[Any]) -> None:
         # Concurrently (one slow tenant does not use up the probe's time), failing with the first error.
-        for ok, result in await DeferredList([maybeDeferred(d.test_connection) for d in opened], consumeErrors=True):
-            if not ok:
-                result.raiseException()
+        await gather(maybeDeferred(d.test_connection) for d in opened)
         await orchestrators.ping()
 
     # With driver_factory every query goes to its tenant's databases (opened by the tenant's first

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
-from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
-from twisted.python.failure import Failure
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from cubed.config import Settings
+from cubed.deferreds import gather
 from cubed.errors import ContinueWait, InternalError, UserError
 from cubed.hooks import Hooks, call_hook
 from cubed.logs import RequestLogger
@@ -91,8 +91,7 @@ class Gateway:
         if len(plans) == 1:
             results = [await self._run_one(tenant, plans[0], query_type, context)]
         else:
-            results = await gatherResults([self._result(tenant, plan, query_type, context) for plan in plans],
-                                          consumeErrors=True).addErrback(_first_error)
+            results = await gather(self._result(tenant, plan, query_type, context) for plan in plans)
         if query_type == "blendingQuery":
             for query, result in zip(queries, results):
                 data = result["data"]
@@ -144,8 +143,7 @@ class Gateway:
         if total_sql is None:
             fetched: list[Fetched] = [await fetch(sql)]
         else:
-            fetched = await gatherResults([fetch(sql), fetch(total_sql)],
-                                          consumeErrors=True).addErrback(_first_error)
+            fetched = await gather([fetch(sql), fetch(total_sql)])
         main = fetched[0]
         annotation = annotation_for(query, compiled.meta, self.show_hidden)
         data = format_data(plan, main.result.rows, annotation, query_type, query.response_format)
@@ -247,13 +245,6 @@ def built_at(physical: str) -> int | None:
     """Return when a pre-aggregation table was built (epoch ms, from its name)."""
     version = parse_table_name(physical.rpartition(".")[2])
     return int(version.updated_at * 1000) if version is not None else None
-
-
-def _first_error(failure: Failure) -> Failure:
-    """Unwrap gatherResults' FirstError so the original error reaches the error mapper."""
-    if failure.check(FirstError):
-        return failure.value.subFailure
-    return failure
 
 
 def iso_time(seconds: float) -> str:

@@ -37,6 +37,7 @@ from sqlglot import exp
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
+from cubed.deferreds import gather
 from cubed.drivers.base import Column, Driver, ResultSet
 from cubed.errors import CompileError, ContinueWait, CubedError, DatabaseError, UserError
 from cubed.metrics import Metrics
@@ -395,8 +396,7 @@ class PreAggregationLoader:
         if len(targets) == 1:
             tables = [await self.load(targets[0], request_id)]
         else:
-            tables = await gatherResults([ensureDeferred(self.load(t, request_id)) for t in targets],
-                                         consumeErrors=True).addErrback(_first_error)
+            tables = await gather(ensureDeferred(self.load(t, request_id)) for t in targets)
         return [(target.qualified, f"{target.schema}.{table}") for target, table in zip(targets, tables)]
 
     def describe(self, compiled: Any, read: Any, security_context: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -607,11 +607,3 @@ def context_key(compiled: Any, security_context: Mapping[str, Any] | None) -> st
     if hasattr(compiled, "context_key"):
         return compiled.context_key(security_context)
     return json.dumps(security_context or {}, sort_keys=True, default=str)
-
-
-def _first_error(failure: Any) -> Any:
-    from twisted.internet.defer import FirstError
-
-    if failure.check(FirstError):
-        return failure.value.subFailure
-    return failure
