@@ -60,9 +60,8 @@ else
     TASKSET=
     PINNING="not pinned"
 fi
-pinned() { if [ -n "$TASKSET" ]; then echo taskset -c "$1"; fi; }
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# shellcheck source=bench/common.sh
+. bench/common.sh
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -91,14 +90,7 @@ start_server() {
     SERVER_PID=$!
     PIDS+=("$SERVER_PID")
     SERVER_URL="http://127.0.0.1:$port"
-    for _ in $(seq 1 300); do
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/cache-$name.log" >&2; die "server $name exited at start"; }
-        if "$PY" -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('$SERVER_URL/readyz', timeout=2).status != 200)" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "server $name: no /readyz within 30 s (see $OUT/cache-$name.log)"
+    wait_ready "$SERVER_PID" "$SERVER_URL" "$OUT/cache-$name.log" "server $name"
 }
 
 # run_wrk URL CONNECTIONS SECONDS -> the RESULT line

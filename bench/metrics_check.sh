@@ -42,9 +42,8 @@ BODIES="$OUT/bodies-metrics.txt"
 echo '{"query":{"measures":["Orders.count"],"dimensions":["Orders.status"]}}' >"$BODIES"
 
 if [ "$(nproc)" -ge 2 ] && command -v taskset >/dev/null; then TASKSET=1; else TASKSET=; fi
-pinned() { if [ -n "$TASKSET" ]; then echo taskset -c "$1"; fi; }
-free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+# shellcheck source=bench/common.sh
+. bench/common.sh
 
 SERVER_PID=
 cleanup() {
@@ -63,14 +62,7 @@ start_server() {
         CUBEJS_CACHE_AND_QUEUE_DRIVER=memory "$TWISTD" -n --pidfile= cubed --demo >"$OUT/metrics-$1.log" 2>&1 &
     SERVER_PID=$!
     SERVER_URL="http://127.0.0.1:$port"
-    for _ in $(seq 1 300); do
-        kill -0 "$SERVER_PID" 2>/dev/null || { cat "$OUT/metrics-$1.log" >&2; die "server exited at start"; }
-        if "$PY" -c "import sys, urllib.request; sys.exit(urllib.request.urlopen('$SERVER_URL/readyz', timeout=2).status != 200)" 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    die "no /readyz within 30 s (see $OUT/metrics-$1.log)"
+    wait_ready "$SERVER_PID" "$SERVER_URL" "$OUT/metrics-$1.log" "server"
 }
 
 # load GENERATOR CONNECTIONS SECONDS -> the RESULT line

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import psycopg2
 import treq
 from twisted.internet import utils
 from twisted.internet.defer import Deferred, succeed
@@ -41,7 +40,7 @@ from twisted.trial import unittest
 from cubed.config import DataSourceSettings, Settings, load_settings
 from cubed.logs import format_text
 from tests.support.server import TEST_SECRET, RunningServer, start_server
-from tests.support.services import pg_url, require_postgres, service_absent
+from tests.support.services import drop_database_now, require_postgres, service_absent
 from tests.support.shopdata import shop_database
 
 HERE = Path(__file__).resolve().parent
@@ -242,20 +241,6 @@ class _Cleanups:
         self.calls.append((function, args))
 
 
-def _drop_now(name: str) -> None:
-    """Drop database ``name`` on the test server (blocking; at interpreter exit)."""
-    try:
-        connection = psycopg2.connect(pg_url(), connect_timeout=3)
-    except psycopg2.Error:
-        return
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        connection.close()
-
-
 _shared: dict[str, Any] = {}
 
 
@@ -267,7 +252,7 @@ def shared_database() -> Deferred[DataSourceSettings]:
 
     def loaded(settings: DataSourceSettings) -> DataSourceSettings:
         _shared["settings"] = settings
-        atexit.register(_drop_now, str(settings.database))
+        atexit.register(drop_database_now, str(settings.database))
         return settings
 
     return shop_database(_Cleanups()).addCallback(loaded)  # type: ignore[arg-type]

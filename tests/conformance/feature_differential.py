@@ -7,14 +7,12 @@ blending query without a time dimension (cubed: 400, a README deviation) is not 
     python3 feature_differential.py --a http://127.0.0.1:4400 --secret reference-secret \
         --b http://127.0.0.1:4000 --secret-b "$CUBEJS_API_SECRET" --n 100 --seed 1
 """
-import json
 import random
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import compare  # noqa: E402
+import differential_run  # noqa: E402
 
 
 CUBES = {
@@ -95,39 +93,22 @@ def regular(r: random.Random) -> dict:
     return q
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--a", default="http://127.0.0.1:4400", help="the reference (Cube)")
-    parser.add_argument("--secret", default="reference-secret")
-    parser.add_argument("--b", default="http://127.0.0.1:4000", help="the server under test (cubed)")
-    parser.add_argument("--secret-b", required=True)
-    parser.add_argument("--n", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args()
-    A, SA, B, SB = args.a, args.secret, args.b, args.secret_b
-    seed, n = args.seed, args.n
-    r = random.Random(seed)
-    differ = 0
-    for i in range(n):
-        q = regular(r)
-        if r.random() < 0.1:
-            q = [q, regular(r)]
-        path = r.choice(["/cubejs-api/v1/load"] * 4 + ["/cubejs-api/v1/sql", "/cubejs-api/v1/dry-run"])
-        req = {"method": "POST", "path": path, "body": {"query": q}}
-        if isinstance(q, list) and path.endswith("load"):
-            req["body"]["queryType"] = "multi"
-        ra = compare.perform(A, req, SA, timeout=60)
-        rb = compare.perform(B, req, SB, timeout=60)
-        case = {"request": req}
-        errs, _ = compare.compare_answer(case, ra.status, ra.body, rb)
-        if errs and ra.status == 500 and "reading 'granularity'" in ra.text:
-            errs = []  # known: Cube's TypeError, cubed's 400 (README deviation)
-        if errs:
-            differ += 1
-            print(f"DIFF {i} {path} {json.dumps(q)}\n   " + "\n   ".join(e[:400] for e in errs[:4]))
-            print(f"   cube: {ra.status} {ra.text[:300]}")
-    print(f"seed {seed}: {differ} of {n} differ")
+def make_request(r: random.Random) -> dict:
+    """Return one request: a generated query (sometimes a blending pair) to load, sql or dry-run."""
+    q: object = regular(r)
+    if r.random() < 0.1:
+        q = [q, regular(r)]
+    path = r.choice(["/cubejs-api/v1/load"] * 4 + ["/cubejs-api/v1/sql", "/cubejs-api/v1/dry-run"])
+    request = {"method": "POST", "path": path, "body": {"query": q}}
+    if isinstance(q, list) and path.endswith("load"):
+        request["body"]["queryType"] = "multi"
+    return request
+
+
+def deliberate(a, b) -> bool:
+    """Cube's TypeError on a blending query without a time dimension: cubed's 400 (README)."""
+    return a.status == 500 and "reading 'granularity'" in a.text
 
 
 if __name__ == "__main__":
-    main()
+    differential_run.run(__doc__.splitlines()[0], make_request, deliberate)

@@ -21,7 +21,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-import psycopg2
 import treq
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
 from twisted.internet.threads import deferToThread
@@ -30,7 +29,7 @@ from twisted.trial import unittest
 
 from cubed.config import DataSourceSettings, Settings, load_settings
 from tests.support.server import TEST_SECRET, RunningServer, start_server
-from tests.support.services import pg_url, require_postgres
+from tests.support.services import drop_database_now, require_postgres
 from tests.support.shopdata import shop_database
 
 HERE = Path(__file__).resolve().parent
@@ -77,20 +76,6 @@ class _CleanupCollector:
         self.cleanups.append((function, args))
 
 
-def _drop_database_now(name: str) -> None:
-    """Drop database ``name`` on the test server (blocking; run at interpreter exit)."""
-    try:
-        connection = psycopg2.connect(pg_url(), connect_timeout=3)
-    except psycopg2.Error:
-        return
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        connection.close()
-
-
 class SharedShopDatabase:
     """One shop database for the tests named in ``users``: loaded at first use, dropped in the
     cleanup of the last of them to run, or at interpreter exit when some of them never run."""
@@ -116,7 +101,7 @@ class SharedShopDatabase:
 
         def loaded(settings: DataSourceSettings) -> None:
             self.settings = settings
-            atexit.register(_drop_database_now, str(settings.database))
+            atexit.register(drop_database_now, str(settings.database))
             self._wake(lambda d: d.callback(settings))
 
         def failed(failure: Failure) -> Deferred[None]:
@@ -137,7 +122,7 @@ class SharedShopDatabase:
         if self.settings is None or not self.users <= self.finished:
             return
         self.settings = None
-        atexit.unregister(_drop_database_now)
+        atexit.unregister(drop_database_now)
         yield self._teardown()
 
     @inlineCallbacks

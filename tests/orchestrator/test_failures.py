@@ -126,6 +126,12 @@ def held(changes: list[tuple[float, int]], start: float, end: float, staleness: 
     return values
 
 
+async def all_served(traffic: Load) -> bool:
+    """Return whether the last half second of the load saw requests, each answered 200."""
+    recent = traffic.since(time.monotonic() - 0.5)
+    return len(recent) >= 4 and all(s.answer is not None and s.answer.status == 200 for s in recent)
+
+
 async def readyz(server: RunningServer) -> Answer:
     """GET /readyz (no token needed)."""
     return await request("GET", f"{server.url}/readyz", timeout=PROMPT * 2)
@@ -168,11 +174,7 @@ class PostgresRestartTests(unittest.TestCase):
             up_at = time.monotonic()
             await wait_until(lambda: health_is(server, 200), RECOVERY, "/readyz HEALTH once PostgreSQL is back")
 
-            async def serving() -> bool:
-                recent = traffic.since(time.monotonic() - 0.5)
-                return len(recent) >= 4 and all(s.answer is not None and s.answer.status == 200 for s in recent)
-
-            await wait_until(serving, RECOVERY, "every request served again once PostgreSQL is back")
+            await wait_until(lambda: all_served(traffic), RECOVERY, "every request served again once PostgreSQL is back")
             recovered_in = time.monotonic() - up_at
             await pg_run(database, "INSERT INTO items (category, amount) VALUES ('odd', 11)")
             counts[time.monotonic()] = 11
@@ -307,11 +309,7 @@ class RedisOutageTests(unittest.TestCase):
             up_at = time.monotonic()
             await wait_until(lambda: health_is(server, 200), RECOVERY, "/readyz HEALTH once Redis is back")
 
-            async def serving() -> bool:
-                recent = traffic.since(time.monotonic() - 0.5)
-                return len(recent) >= 4 and all(s.answer is not None and s.answer.status == 200 for s in recent)
-
-            await wait_until(serving, RECOVERY, "every request served again once Redis is back")
+            await wait_until(lambda: all_served(traffic), RECOVERY, "every request served again once Redis is back")
             recovered_in = time.monotonic() - up_at
             await pg_run(database, "INSERT INTO items (category, amount) VALUES ('odd', 11)")
             counts[time.monotonic()] = 11

@@ -57,7 +57,7 @@ from cubed.query.filters import escape_like
 from cubed.query.request import expand_query, parse_query_param
 from tests.api.test_http import CONFORMANCE_MODEL, postgres_settings
 from tests.support.server import TEST_SECRET, RunningServer, start_server
-from tests.support.services import PostgresInstance, postgres_bin_dir, service_absent
+from tests.support.services import PostgresInstance, new_private_postgres, service_absent
 from tests.support.shopdata import SHOP_ROW_COUNTS, SHOP_TABLES, load_shop_data_blocking
 
 HOSTILE: tuple[str, ...] = (
@@ -419,21 +419,7 @@ def table_counts(instance: PostgresInstance) -> dict[str, int]:
 
 async def private_postgres(testcase: unittest.TestCase) -> PostgresInstance:
     """Start a private PostgreSQL with pg_stat_statements loaded and every statement logged."""
-    import os
-    import pwd
-
-    bin_dir = postgres_bin_dir()
-    if bin_dir is None:
-        raise service_absent("PostgreSQL server binaries (initdb, pg_ctl) not found; set CUBED_PG_BIN")
-    run_as = None
-    if os.geteuid() == 0:
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            raise service_absent("running as root and there is no postgres user to run initdb as") from None
-        run_as = "postgres"
-    instance = PostgresInstance(bin_dir=bin_dir, run_as=run_as)
-    testcase.addCleanup(instance.destroy)
+    instance = new_private_postgres(testcase)
     try:
         await instance.init()
         with open(instance.data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:

@@ -186,6 +186,15 @@ def _drop_database(url: str, name: str) -> None:
         connection.close()
 
 
+def drop_database_now(name: str) -> None:
+    """Drop database ``name`` on the test server, blocking and quietly when the server is gone
+    (for ``atexit``: a database shared by several tests outlives each of them)."""
+    try:
+        _drop_database(pg_url(), name)
+    except psycopg2.Error:
+        pass
+
+
 def create_test_database(testcase: unittest.TestCase, **changes: Any) -> Deferred[DataSourceSettings]:
     """Create a uniquely named database on the test server and return a Deferred firing with
     its DataSourceSettings (``changes`` override fields, e.g. ``query_timeout``). A cleanup
@@ -309,11 +318,10 @@ class PostgresInstance:
         yield deferToThread(shutil.rmtree, self.root, True)
 
 
-@defer.inlineCallbacks
-def start_private_postgres(testcase: unittest.TestCase) -> Any:
-    """Start a PostgresInstance for one test (destroyed at cleanup) and return a Deferred
-    firing with it. Fails with SkipTest/ServiceMissing when the PostgreSQL server binaries
-    are not installed or the cluster cannot be created."""
+def new_private_postgres(testcase: unittest.TestCase) -> PostgresInstance:
+    """Return a PostgresInstance for one test, not yet created (destroyed at cleanup); fails
+    with SkipTest/ServiceMissing when the PostgreSQL server binaries are not installed, or when
+    running as root without a ``postgres`` user to run them as."""
     bin_dir = postgres_bin_dir()
     if bin_dir is None:
         raise service_absent("PostgreSQL server binaries (initdb, pg_ctl) not found; set CUBED_PG_BIN")
@@ -328,6 +336,15 @@ def start_private_postgres(testcase: unittest.TestCase) -> Any:
         run_as = "postgres"
     instance = PostgresInstance(bin_dir=bin_dir, run_as=run_as)
     testcase.addCleanup(instance.destroy)
+    return instance
+
+
+@defer.inlineCallbacks
+def start_private_postgres(testcase: unittest.TestCase) -> Any:
+    """Start a PostgresInstance for one test (destroyed at cleanup) and return a Deferred
+    firing with it. Fails with SkipTest/ServiceMissing when the PostgreSQL server binaries
+    are not installed or the cluster cannot be created."""
+    instance = new_private_postgres(testcase)
     try:
         yield instance.init()
         yield instance.start()
